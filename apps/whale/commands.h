@@ -1,0 +1,27 @@
+// Subcommands of `whale`. Each returns the process exit code and reports errors on stderr.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+namespace whale::app {
+
+struct InfoArgs {
+  std::string model_dir;
+  bool json = false;
+  bool config_only = false;
+};
+void add_info_command(CLI::App& app, InfoArgs& args);
+int run_info(const InfoArgs& args);
+
+struct LogitsArgs {
+  std::string model_dir;
+  std::string ids;
+  std::string out;
+  bool naive = false;
+  int threads = 0;
+};
+void add_logits_command(CLI::App& app, LogitsArgs& args);
+int run_logits(const LogitsArgs& args);
+
+}  // namespace whale::app

@@ -1,0 +1,155 @@
+#include "backends/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backends/cpu/vector_kernels.h"
+
+namespace whale::cpu {
+
+std::string_view isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "cpu-avx512";
+    case Isa::kAvx2:
+      return "cpu-avx2";
+    case Isa::kPortable:
+      break;
+  }
+  return "cpu-portable";
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out = {Isa::kPortable};
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(Isa::kAvx2);
+  if (__builtin_cpu_supports("avx512f")) out.push_back(Isa::kAvx512);
+#endif
+  return out;
+}
+
+Isa best_isa() { return supported_isas().back(); }
+
+CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
+    : pool_(pool), isa_(isa), dot_(dot_kernel(isa)), axpy_(axpy_kernel(isa)) {}
+
+void CpuBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
+                        const ops::Matrix& w) const {
+  // Each thread owns a range of weight rows: every weight byte is read once per call,
+  // whatever the number of tokens.
+  pool_.parallel_for(
+      w.rows,
+      [&](int64_t r0, int64_t r1) {
+        std::vector<float> row(static_cast<size_t>(w.cols));
+        for (int64_t r = r0; r < r1; ++r) {
+          w.dequantize_row(r, 0, w.cols, row.data());
+          for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot_(x + t * ldx, row.data(), w.cols);
+        }
+      },
+      /*grain=*/16);
+}
+
+void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
+                          const ops::Matrix& w) const {
+  // Threads split the output columns; each walks all weight rows for its columns.
+  pool_.parallel_for(
+      w.cols,
+      [&](int64_t c0, int64_t c1) {
+        std::vector<float> row(static_cast<size_t>(c1 - c0));
+        for (int64_t t = 0; t < n; ++t) std::fill(y + t * ldy + c0, y + t * ldy + c1, 0.0f);
+        for (int64_t r = 0; r < w.rows; ++r) {
+          w.dequantize_row(r, c0, c1, row.data());
+          for (int64_t t = 0; t < n; ++t) axpy_(y + t * ldy + c0, row.data(), x[t * ldx + r], c1 - c0);
+        }
+      },
+      /*grain=*/64);
+}
+
+void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
+                         int64_t dim, const ops::Matrix& weight, float eps) const {
+  std::vector<float> w(static_cast<size_t>(dim));
+  weight.dequantize_row(0, 0, dim, w.data());
+  pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* xt = x + t * ldx;
+      const float inv = 1.0f / std::sqrt(dot_(xt, xt, dim) / static_cast<float>(dim) + eps);
+      for (int64_t i = 0; i < dim; ++i) y[t * ldy + i] = xt[i] * inv * w[static_cast<size_t>(i)];
+    }
+  });
+}
+
+void CpuBackend::embedding(float* y, const ops::Matrix& table, const int32_t* ids,
+                           int64_t n) const {
+  pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) table.dequantize_row(ids[t], 0, table.cols, y + t * table.cols);
+  });
+}
+
+void CpuBackend::rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int64_t n_heads,
+                      int64_t rope_dim, const int32_t* pos, const float* inv_freq,
+                      float amplitude) const {
+  pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
+    std::vector<float> cs(static_cast<size_t>(rope_dim));  // cos, sin interleaved per pair
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t i = 0; i < rope_dim / 2; ++i) {
+        // Angles in double: positions reach 10^5 and f32 would lose the phase.
+        const double angle = double(pos[t]) * double(inv_freq[i]);
+        cs[static_cast<size_t>(2 * i)] = static_cast<float>(std::cos(angle) * amplitude);
+        cs[static_cast<size_t>(2 * i + 1)] = static_cast<float>(std::sin(angle) * amplitude);
+      }
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* p = x + t * ld + h * head_stride;
+        for (int64_t i = 0; i < rope_dim; i += 2) {
+          const float c = cs[static_cast<size_t>(i)], s = cs[static_cast<size_t>(i + 1)];
+          const float a = p[i], b = p[i + 1];
+          p[i] = a * c - b * s;
+          p[i + 1] = b * c + a * s;
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* up, int64_t ld_in,
+                        int64_t n, int64_t dim) const {
+  pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t i = 0; i < dim; ++i) {
+        const float g = gate[t * ld_in + i];
+        y[t * ldy + i] = g / (1.0f + std::exp(-g)) * up[t * ld_in + i];
+      }
+    }
+  });
+}
+
+void CpuBackend::attention(const ops::AttentionArgs& a) const {
+  const int64_t group = a.n_heads / a.kv_heads;
+  pool_.parallel_for(a.n_q * a.n_heads, [&](int64_t i0, int64_t i1) {
+    std::vector<float> p(static_cast<size_t>(a.n_kv));
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t t = item / a.n_heads, h = item % a.n_heads, kh = h / group;
+      const int64_t visible = std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1);
+      const float* q = a.q + t * a.q_row + h * a.q_head;
+      float max_score = -INFINITY;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float score = dot_(q, a.k + s * a.k_row + kh * a.k_head, a.dk) * a.scale;
+        p[static_cast<size_t>(s)] = score;
+        max_score = std::max(max_score, score);
+      }
+      float sum = 0;
+      for (int64_t s = 0; s < visible; ++s) {
+        p[static_cast<size_t>(s)] = std::exp(p[static_cast<size_t>(s)] - max_score);
+        sum += p[static_cast<size_t>(s)];
+      }
+      float* o = a.out + t * a.out_row + h * a.out_head;
+      std::fill(o, o + a.dv, 0.0f);
+      for (int64_t s = 0; s < visible; ++s) {
+        axpy_(o, a.v + s * a.v_row + kh * a.v_head, p[static_cast<size_t>(s)] / sum, a.dv);
+      }
+    }
+  });
+}
+
+}  // namespace whale::cpu

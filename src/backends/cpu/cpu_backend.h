@@ -1,0 +1,46 @@
+// The CPU backend: every op threaded over the pool, inner loops vectorised for the best
+// instruction set the machine has (chosen at run time; the portable path stays testable).
+#pragma once
+
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "ops/backend.h"
+
+namespace whale::cpu {
+
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+std::string_view isa_name(Isa isa);
+// Instruction sets this machine can run, portable first.
+std::vector<Isa> supported_isas();
+Isa best_isa();
+
+class CpuBackend final : public ops::Backend {
+ public:
+  explicit CpuBackend(ThreadPool& pool, Isa isa = best_isa());
+  std::string_view name() const override { return isa_name(isa_); }
+  Isa isa() const { return isa_; }
+
+  void matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
+              const ops::Matrix& w) const override;
+  void matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
+                const ops::Matrix& w) const override;
+  void rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
+               const ops::Matrix& weight, float eps) const override;
+  void embedding(float* y, const ops::Matrix& table, const int32_t* ids, int64_t n) const override;
+  void rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int64_t n_heads,
+            int64_t rope_dim, const int32_t* pos, const float* inv_freq,
+            float amplitude) const override;
+  void swiglu(float* y, int64_t ldy, const float* gate, const float* up, int64_t ld_in, int64_t n,
+              int64_t dim) const override;
+  void attention(const ops::AttentionArgs& a) const override;
+
+ private:
+  ThreadPool& pool_;
+  Isa isa_;
+  float (*dot_)(const float*, const float*, int64_t);
+  void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
+};
+
+}  // namespace whale::cpu

@@ -1,0 +1,48 @@
+// A fixed pool of worker threads; the calling thread works too.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace whale {
+
+class ThreadPool {
+ public:
+  // n_threads <= 0 uses every core the process may run on.
+  explicit ThreadPool(int n_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Splits [0, n) into contiguous chunks of at least `grain` items, runs fn(begin, end) on each,
+  // and blocks until all are done. Not reentrant: fn must not call parallel_for.
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
+
+ private:
+  void worker_loop(int index);
+  void run_chunk(int index);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable start_cv_;
+  std::condition_variable done_cv_;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  // The job of the current generation.
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  int job_chunks_ = 0;
+};
+
+// Number of cores this process may run on (sched affinity), at least 1.
+int available_cores();
+
+}  // namespace whale

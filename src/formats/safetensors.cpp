@@ -1,0 +1,235 @@
+#include "formats/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+
+namespace whale {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+uint64_t read_le_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// Multiplies non-negative values, reporting overflow past int64.
+bool checked_mul(int64_t a, int64_t b, int64_t* out) {
+  if (a != 0 && b > std::numeric_limits<int64_t>::max() / a) return false;
+  *out = a * b;
+  return true;
+}
+
+Result<StoredTensor> parse_entry(const std::string& name, const json& entry, const uint8_t* data,
+                                 uint64_t data_size, const std::string& path) {
+  if (!entry.is_object()) return make_error("header entry is not an object", name, path);
+  const auto dt = entry.find("dtype");
+  if (dt == entry.end() || !dt->is_string()) return make_error("missing dtype", name, path);
+  const auto dtype = dtype_from_name(dt->get<std::string>());
+  if (!dtype) return make_error("unknown dtype \"" + dt->get<std::string>() + "\"", name, path);
+
+  const auto sh = entry.find("shape");
+  if (sh == entry.end() || !sh->is_array()) return make_error("missing shape", name, path);
+  std::vector<int64_t> shape;
+  int64_t numel = 1;
+  for (const auto& d : *sh) {
+    if (!d.is_number_unsigned()) {
+      return make_error("shape entries must be non-negative integers", name, path);
+    }
+    const uint64_t v = d.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        !checked_mul(numel, static_cast<int64_t>(v), &numel)) {
+      return make_error("shape is too large", name, path);
+    }
+    shape.push_back(static_cast<int64_t>(v));
+  }
+  int64_t nbytes = 0;
+  if (!checked_mul(numel, dtype_size(*dtype), &nbytes)) {
+    return make_error("shape is too large", name, path);
+  }
+
+  const auto off = entry.find("data_offsets");
+  if (off == entry.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+      !(*off)[1].is_number_unsigned()) {
+    return make_error("data_offsets must be [begin, end] with non-negative integers", name, path);
+  }
+  const uint64_t begin = (*off)[0].get<uint64_t>(), end = (*off)[1].get<uint64_t>();
+  if (begin > end || end > data_size) {
+    return make_error("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                          "] fall outside the data section of " + std::to_string(data_size) +
+                          " bytes",
+                      name, path, "the file is truncated or its header is wrong");
+  }
+  if (end - begin != static_cast<uint64_t>(nbytes)) {
+    return make_error("shape " + shape_to_string(shape) + " of " +
+                          std::string(dtype_name(*dtype)) + " needs " + std::to_string(nbytes) +
+                          " bytes but data_offsets span " + std::to_string(end - begin),
+                      name, path);
+  }
+  StoredTensor t;
+  t.name = name;
+  t.file = path;
+  t.view = TensorView::contiguous(*dtype, data + begin, std::move(shape));
+  return t;
+}
+
+}  // namespace
+
+Result<std::map<std::string, StoredTensor>> parse_safetensors_header(
+    const std::string& header_json, const uint8_t* data_section, uint64_t data_size,
+    const std::string& path, std::map<std::string, std::string>* metadata) {
+  json header = json::parse(header_json, nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded()) return make_error("header is not valid JSON", {}, path);
+  if (!header.is_object()) return make_error("header is not a JSON object", {}, path);
+
+  std::map<std::string, StoredTensor> tensors;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // (begin, end) for the overlap check
+  std::vector<const std::string*> range_names;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) return make_error("__metadata__ is not an object", name, path);
+      for (const auto& [k, v] : entry.items()) {
+        if (!v.is_string()) return make_error("metadata values must be strings", name + "." + k, path);
+        if (metadata) (*metadata)[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    WHALE_ASSIGN_OR_RETURN(StoredTensor t, parse_entry(name, entry, data_section, data_size, path));
+    const auto begin = static_cast<uint64_t>(t.view.as<uint8_t>() - data_section);
+    ranges.emplace_back(begin, begin + static_cast<uint64_t>(t.view.nbytes()));
+    tensors.emplace(name, std::move(t));
+  }
+  // Overlap check: sort by begin and compare neighbours (empty tensors overlap nothing).
+  std::vector<size_t> order(ranges.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ranges[a] < ranges[b]; });
+  uint64_t covered_end = 0;
+  for (size_t i : order) {
+    const auto [begin, end] = ranges[i];
+    if (begin == end) continue;
+    if (begin < covered_end) {
+      // Find a name for the message.
+      for (const auto& [name, t] : tensors) {
+        if (static_cast<uint64_t>(t.view.as<uint8_t>() - data_section) == begin &&
+            static_cast<uint64_t>(t.view.nbytes()) == end - begin) {
+          return make_error("tensor data overlaps another tensor", name, path,
+                            "the header is corrupt");
+        }
+      }
+    }
+    covered_end = std::max(covered_end, end);
+  }
+  return tensors;
+}
+
+Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string& path) {
+  WHALE_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
+  const uint64_t size = mapped->size();
+  if (size < 8) {
+    return make_error("file is too short for a safetensors header (" + std::to_string(size) +
+                          " bytes)", {}, path, "the file is truncated");
+  }
+  const uint64_t header_len = read_le_u64(mapped->data());
+  if (header_len > kMaxSafetensorsHeader) {
+    return make_error("header length " + std::to_string(header_len) + " exceeds the limit of " +
+                          std::to_string(kMaxSafetensorsHeader) + " bytes", {}, path,
+                      "this is not a safetensors file or it is corrupt");
+  }
+  if (header_len > size - 8) {
+    return make_error("header length " + std::to_string(header_len) + " runs past the end of the " +
+                          std::to_string(size) + "-byte file", {}, path, "the file is truncated");
+  }
+  std::string header(reinterpret_cast<const char*>(mapped->data() + 8), header_len);
+  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
+  const uint8_t* data = mapped->data() + 8 + header_len;
+  WHALE_ASSIGN_OR_RETURN(file->tensors_, parse_safetensors_header(header, data, size - 8 - header_len,
+                                                                   path, &file->metadata_));
+  file->file_ = std::move(mapped);
+  return file;
+}
+
+const StoredTensor* Checkpoint::find(const std::string& name) const {
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
+uint64_t Checkpoint::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [name, t] : by_name_) n += static_cast<uint64_t>(t->view.nbytes());
+  return n;
+}
+
+Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
+  Checkpoint ckpt;
+  ckpt.dir_ = dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return make_error("not a directory", {}, dir, "pass a model directory with config.json");
+  }
+  const fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
+  std::vector<std::string> shard_names;
+  json weight_map;
+  const bool sharded = fs::exists(index_path, ec);
+  if (sharded) {
+    WHALE_ASSIGN_OR_RETURN(std::string text, read_text_file(index_path.string()));
+    json index = json::parse(text, nullptr, false);
+    if (index.is_discarded() || !index.is_object()) {
+      return make_error("not valid JSON", {}, index_path.string());
+    }
+    const auto wm = index.find("weight_map");
+    if (wm == index.end() || !wm->is_object()) {
+      return make_error("missing object", "weight_map", index_path.string());
+    }
+    weight_map = *wm;
+    std::set<std::string> unique;
+    for (const auto& [name, file] : weight_map.items()) {
+      if (!file.is_string()) return make_error("shard name must be a string", "weight_map." + name, index_path.string());
+      const std::string f = file.get<std::string>();
+      // Shards must be plain file names inside the directory: never read outside it.
+      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+        return make_error("shard \"" + f + "\" is not a plain file name in the model directory",
+                          "weight_map." + name, index_path.string());
+      }
+      if (unique.insert(f).second) shard_names.push_back(f);
+    }
+  } else {
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      if (entry.path().extension() == ".safetensors") shard_names.push_back(entry.path().filename());
+    }
+    std::sort(shard_names.begin(), shard_names.end());
+    if (shard_names.empty()) {
+      return make_error("no .safetensors files and no model.safetensors.index.json", {}, dir);
+    }
+  }
+  for (const auto& shard : shard_names) {
+    WHALE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::open((fs::path(dir) / shard).string()));
+    for (const auto& [name, t] : file->tensors()) {
+      if (sharded) {
+        // The index decides which shard owns a tensor; others are ignored.
+        const auto it = weight_map.find(name);
+        if (it == weight_map.end() || it->get<std::string>() != shard) continue;
+      }
+      if (!ckpt.by_name_.emplace(name, &t).second) {
+        return make_error("tensor appears in more than one file", name, t.file);
+      }
+    }
+    ckpt.files_.push_back(std::move(file));
+  }
+  if (sharded) {
+    for (const auto& [name, file] : weight_map.items()) {
+      if (!ckpt.by_name_.count(name)) {
+        return make_error("listed in the index but not found in shard " + file.get<std::string>(),
+                          name, index_path.string());
+      }
+    }
+  }
+  return ckpt;
+}
+
+}  // namespace whale

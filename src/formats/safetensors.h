@@ -1,0 +1,68 @@
+// Reads HF safetensors checkpoints, single-file or sharded, by mapping them: tensors are views
+// into the mapping and are never copied here.
+//
+// File layout: u64 little-endian header length N, N bytes of JSON header, then the data section.
+// Header: {"__metadata__": {str: str}, "name": {"dtype": "BF16", "shape": [..],
+//          "data_offsets": [begin, end]}, ...} with offsets relative to the data section.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/mapped_file.h"
+#include "core/tensor.h"
+
+namespace whale {
+
+// Largest header accepted; real headers are well under 1 MiB per shard (safetensors caps at 100 MB).
+inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
+
+struct StoredTensor {
+  std::string name;
+  std::string file;  // path of the shard that holds it
+  TensorView view;   // contiguous, points into the mapping
+};
+
+// One mapped safetensors file with its validated header.
+class SafetensorsFile {
+ public:
+  static Result<std::unique_ptr<SafetensorsFile>> open(const std::string& path);
+
+  const std::map<std::string, StoredTensor>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& path() const { return file_->path(); }
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+  std::map<std::string, StoredTensor> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Parses and validates a header against the size of the data section that follows it.
+// Exposed for tests; `path` is used in error messages only.
+Result<std::map<std::string, StoredTensor>> parse_safetensors_header(
+    const std::string& header_json, const uint8_t* data_section, uint64_t data_size,
+    const std::string& path, std::map<std::string, std::string>* metadata);
+
+// All tensors of a checkpoint directory: model.safetensors.index.json + its shards, or the
+// single *.safetensors files in the directory when there is no index.
+class Checkpoint {
+ public:
+  static Result<Checkpoint> open_dir(const std::string& dir);
+
+  // nullptr when absent.
+  const StoredTensor* find(const std::string& name) const;
+  const std::map<std::string, const StoredTensor*>& tensors() const { return by_name_; }
+  const std::string& dir() const { return dir_; }
+  uint64_t total_bytes() const;
+
+ private:
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const StoredTensor*> by_name_;
+};
+
+}  // namespace whale

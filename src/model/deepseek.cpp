@@ -1,0 +1,79 @@
+#include "model/deepseek.h"
+
+#include "model/moe.h"
+#include "model/tensor_table.h"
+
+namespace whale::model {
+
+Status validate_token_ids(std::span<const int32_t> ids, int64_t vocab_size) {
+  if (ids.empty()) return make_error("no token ids given", "ids");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return make_error("token id " + std::to_string(ids[i]) + " at index " + std::to_string(i) +
+                            " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")",
+                        "ids");
+    }
+  }
+  return ok_status();
+}
+
+Result<Model> Model::load(const std::string& model_dir) {
+  Model m;
+  WHALE_ASSIGN_OR_RETURN(m.config_, load_config(model_dir));
+  WHALE_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open_dir(model_dir));
+  m.checkpoint_ = std::make_unique<Checkpoint>(std::move(ckpt));
+  WHALE_ASSIGN_OR_RETURN(m.weights_, bind_weights(m.config_, *m.checkpoint_));
+  m.rope_ = make_rope_tables(m.config_);
+  m.softmax_scale_ = attention_softmax_scale(m.config_);
+  return m;
+}
+
+Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<const int32_t> ids,
+                                          KvCache& cache, const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  WHALE_TRY(validate_token_ids(ids, c.vocab_size));
+  const auto n = static_cast<int64_t>(ids.size());
+  const int64_t n_past = cache.size();
+  if (n_past + n > cache.capacity()) {
+    return make_error("context is full: " + std::to_string(n_past) + " cached + " +
+                          std::to_string(n) + " new tokens exceed the cache of " +
+                          std::to_string(cache.capacity()),
+                      "ctx", {}, "start a new sequence or allocate a larger cache");
+  }
+  const int64_t d = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(n_past + t);
+
+  std::vector<float> h(static_cast<size_t>(n * d));       // [n, d] residual stream
+  std::vector<float> normed(h.size()), branch(h.size());  // [n, d]
+  ops.embedding(h.data(), weights_.embed, ids.data(), n);
+
+  const MlaContext mla{ops, c, rope_, softmax_scale_};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
+    ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.attn_norm, eps);
+    mla_forward(mla, lw.attn, normed.data(), n, pos.data(), cache.layer(l), n_past,
+                options.attention, branch.data());
+    for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];
+
+    ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.ffn_norm, eps);
+    if (lw.moe) {
+      moe_forward(ops, c, lw.experts, normed.data(), n, branch.data());
+    } else {
+      ffn_forward(ops, lw.dense, normed.data(), n, branch.data());
+    }
+    for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];
+  }
+  cache.advance(n);
+
+  // Only the rows that will be read go through the head.
+  const int64_t first = options.all_logits ? 0 : n - 1, n_out = n - first;
+  ops.rmsnorm(normed.data(), d, h.data() + first * d, d, n_out, d, weights_.norm, eps);
+  std::vector<float> logits(static_cast<size_t>(n_out * c.vocab_size));
+  ops.matmul(logits.data(), c.vocab_size, normed.data(), d, n_out, weights_.lm_head);
+  return logits;
+}
+
+}  // namespace whale::model

@@ -1,0 +1,52 @@
+// A loaded DeepSeek MLA+MoE model (deepseek_v3, deepseek_v2) and its forward pass:
+//   h = embed[ids]; per layer: h += MLA(norm(h)); h += FFN_or_MoE(norm(h));
+//   logits = lm_head(norm(h)).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/mla.h"
+#include "model/rope_yarn.h"
+#include "model/weights.h"
+#include "ops/backend.h"
+
+namespace whale::model {
+
+struct ForwardOptions {
+  AttentionForm attention = AttentionForm::kAbsorbed;
+  bool all_logits = false;  // logits for every new token, else only for the last one
+};
+
+class Model {
+ public:
+  // Maps the checkpoint in MODEL_DIR and binds every weight in place (no copies).
+  static Result<Model> load(const std::string& model_dir);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+
+  // Runs `ids` at positions cache.size().. and appends them to the cache. Returns logits
+  // [n_out, vocab_size] in f32, n_out = ids.size() or 1. Checks ids and cache room first.
+  // Allocates its activations.
+  Result<std::vector<float>> forward(const ops::Backend& ops, std::span<const int32_t> ids,
+                                     KvCache& cache, const ForwardOptions& options = {}) const;
+
+ private:
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  ModelWeights weights_;
+  RopeTables rope_;
+  float softmax_scale_ = 1.0f;
+};
+
+// Checks that every id is in [0, vocab_size) and that there is at least one.
+Status validate_token_ids(std::span<const int32_t> ids, int64_t vocab_size);
+
+}  // namespace whale::model

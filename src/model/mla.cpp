@@ -1,0 +1,105 @@
+#include "model/mla.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace whale::model {
+namespace {
+
+using Buffer = std::vector<float>;
+
+Buffer zeros(int64_t n) { return Buffer(static_cast<size_t>(n), 0.0f); }
+
+}  // namespace
+
+void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n,
+                 const int32_t* pos, float* cache, int64_t n_past, AttentionForm form, float* out) {
+  const ops::Backend& ops = ctx.ops;
+  const ModelConfig& c = ctx.config;
+  const int64_t d = c.hidden_size, H = c.num_attention_heads;
+  const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dq = nope + rope;
+  const int64_t lat = c.kv_lora_rank, width = c.kv_cache_width(), dv = c.v_head_dim;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  // Queries: [n, H, nope + rope].
+  Buffer q = zeros(n * H * dq);
+  if (c.q_lora_rank) {
+    const int64_t ql = *c.q_lora_rank;
+    Buffer cq = zeros(n * ql);  // [n, q_lora]
+    ops.matmul(cq.data(), ql, x, d, n, w.q_a);
+    ops.rmsnorm(cq.data(), ql, cq.data(), ql, n, ql, w.q_a_norm, eps);
+    ops.matmul(q.data(), H * dq, cq.data(), ql, n, w.q_b);
+  } else {
+    ops.matmul(q.data(), H * dq, x, d, n, w.q_proj);
+  }
+  ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(), ctx.rope.amplitude);
+
+  // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw).
+  Buffer kv = zeros(n * width);  // [n, kv_lora + rope]
+  ops.matmul(kv.data(), width, x, d, n, w.kv_a);
+  float* rows = cache + n_past * width;
+  ops.rmsnorm(rows, width, kv.data(), width, n, lat, w.kv_a_norm, eps);
+  for (int64_t t = 0; t < n; ++t) {
+    std::copy_n(kv.data() + t * width + lat, rope, rows + t * width + lat);
+  }
+  ops.rope(rows + lat, width, 0, n, 1, rope, pos, ctx.rope.inv_freq.data(), ctx.rope.amplitude);
+
+  const int64_t n_kv = n_past + n;
+  Buffer o = zeros(n * H * dv);  // [n, H, v]
+  ops::AttentionArgs a;
+  a.n_q = n;
+  a.n_kv = n_kv;
+  a.n_heads = H;
+  a.q_pos = pos;
+  a.scale = ctx.softmax_scale;
+
+  if (form == AttentionForm::kAbsorbed) {
+    // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
+    Buffer q_abs = zeros(n * H * width);
+    for (int64_t h = 0; h < H; ++h) {
+      const Matrix w_uk = w.kv_b.row_slice(h * (nope + dv), nope);  // [nope, kv_lora]
+      ops.matmul_t(q_abs.data() + h * width, H * width, q.data() + h * dq, H * dq, n, w_uk);
+      for (int64_t t = 0; t < n; ++t) {
+        std::copy_n(q.data() + t * H * dq + h * dq + nope, rope,
+                    q_abs.data() + t * H * width + h * width + lat);
+      }
+    }
+    // One shared key [c ; k_rope] and value c per cached token.
+    Buffer o_lat = zeros(n * H * lat);  // [n, H, kv_lora]
+    a.kv_heads = 1;
+    a.dk = width;
+    a.dv = lat;
+    a.q = q_abs.data(), a.q_row = H * width, a.q_head = width;
+    a.k = cache, a.k_row = width, a.k_head = 0;
+    a.v = cache, a.v_row = width, a.v_head = 0;
+    a.out = o_lat.data(), a.out_row = H * lat, a.out_head = lat;
+    ops.attention(a);
+    for (int64_t h = 0; h < H; ++h) {
+      const Matrix w_uv = w.kv_b.row_slice(h * (nope + dv) + nope, dv);  // [v, kv_lora]
+      ops.matmul(o.data() + h * dv, H * dv, o_lat.data() + h * lat, H * lat, n, w_uv);
+    }
+  } else {
+    // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
+    Buffer kvx = zeros(n_kv * H * (nope + dv));
+    ops.matmul(kvx.data(), H * (nope + dv), cache, width, n_kv, w.kv_b);
+    Buffer k = zeros(n_kv * H * dq);  // [n_kv, H, nope + rope]
+    for (int64_t s = 0; s < n_kv; ++s) {
+      for (int64_t h = 0; h < H; ++h) {
+        float* dst = k.data() + (s * H + h) * dq;
+        std::copy_n(kvx.data() + (s * H + h) * (nope + dv), nope, dst);
+        std::copy_n(cache + s * width + lat, rope, dst + nope);
+      }
+    }
+    a.kv_heads = H;
+    a.dk = dq;
+    a.dv = dv;
+    a.q = q.data(), a.q_row = H * dq, a.q_head = dq;
+    a.k = k.data(), a.k_row = H * dq, a.k_head = dq;
+    a.v = kvx.data() + nope, a.v_row = H * (nope + dv), a.v_head = nope + dv;
+    a.out = o.data(), a.out_row = H * dv, a.out_head = dv;
+    ops.attention(a);
+  }
+  ops.matmul(out, d, o.data(), H * dv, n, w.o);
+}
+
+}  // namespace whale::model
