@@ -81,6 +81,7 @@ int fail(const Error& e) {
 int run_logits(const LogitsArgs& args) {
   auto ids = parse_ids(args.ids);
   if (!ids.ok()) return fail(ids.error());
+  if (ids->empty()) return fail(make_error("no token ids given", "--ids"));
   auto model = model::Model::load(args.model_dir);
   if (!model.ok()) return fail(model.error());
   if (auto s = model::validate_token_ids(*ids, model->config().vocab_size); !s.ok()) {

@@ -66,3 +66,19 @@ class Checkpoint {
 };
 
 }  // namespace whale
+
+namespace whale {
+
+// A tensor to write: name, dtype, shape and its bytes (numel × dtype size).
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+};
+
+// Writes a single-file safetensors checkpoint atomically (a temporary file renamed into place).
+Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                         const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace whale

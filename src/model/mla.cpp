@@ -19,7 +19,9 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   const int64_t d = c.hidden_size, H = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dq = nope + rope;
   const int64_t lat = c.kv_lora_rank, width = c.kv_cache_width(), dv = c.v_head_dim;
-  const float eps = static_cast<float>(c.rms_norm_eps);
+  // The q_a and kv_a norms are built with eps 1e-6 in DeepSeek's code and in transformers,
+  // whatever rms_norm_eps says.
+  const float eps = 1e-6f;
 
   // Queries: [n, H, nope + rope].
   Buffer q = zeros(n * H * dq);

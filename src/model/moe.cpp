@@ -90,9 +90,13 @@ void route_token(const ModelConfig& c, const float* logits, const float* bias, i
     weights[j] = score[static_cast<size_t>(chosen[j])];
     sum += weights[j];
   }
+  // V3 normalises (if asked) and then scales. DeepSeek's V2 code either normalises (top-k > 1
+  // and norm_topk_prob) or scales, never both; released V2 configs say norm_topk_prob false.
+  const bool normalise = c.norm_topk_prob && (c.family == Family::kDeepseekV3 || chosen.size() > 1);
+  const bool scale = c.family == Family::kDeepseekV3 || !normalise;
   for (size_t j = 0; j < chosen.size(); ++j) {
-    if (c.norm_topk_prob) weights[j] = static_cast<float>(weights[j] / (sum + 1e-20));
-    weights[j] *= static_cast<float>(c.routed_scaling_factor);
+    if (normalise) weights[j] = static_cast<float>(weights[j] / (sum + 1e-20));
+    if (scale) weights[j] *= static_cast<float>(c.routed_scaling_factor);
   }
 }
 

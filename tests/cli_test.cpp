@@ -1,0 +1,116 @@
+// The `whale` command as a user runs it: outputs, exit codes, one clear message per bad input.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "tests/test_util.h"
+
+namespace whale {
+namespace {
+
+using test::run_command;
+
+std::string whale() { return WHALE_BINARY; }
+
+TEST(Cli, InfoJsonOnRealV3Config) {
+  std::string out;
+  ASSERT_EQ(run_command(whale() + " info " + WHALE_TEST_DATA_DIR + "/deepseek_v3_config --config-only --json", &out), 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["model_type"], "deepseek_v3");
+  EXPECT_EQ(j["params_total"].get<int64_t>(), 671026419200);
+  EXPECT_NEAR(j["params_active"].get<double>(), 37.55e9, 0.01e9);
+  EXPECT_EQ(j["kv_cache_bytes_per_token"], 70272);
+}
+
+TEST(Cli, InfoOnFixtureCountsStoredBytes) {
+  std::string out;
+  ASSERT_EQ(run_command(whale() + " info " + test::fixture_dir("v3_fp8") + " --json", &out), 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  EXPECT_GT(j["bytes_by_dtype"]["F8_E4M3"].get<int64_t>(), 0);
+  EXPECT_GT(j["bytes_by_dtype"]["F32"].get<int64_t>(), 0);  // scales and router bias
+}
+
+TEST(Cli, LogitsTopTenAndRawFile) {
+  test::TempDir dir;
+  const auto ids = test::fixture_ids("v3_yarn");
+  std::string list;
+  for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
+  std::string out;
+  ASSERT_EQ(run_command(whale() + " logits " + test::fixture_dir("v3_yarn") + " --ids " + list +
+                            " --out " + dir.file("l.f32"),
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("top 10 at position 63"), std::string::npos) << out;
+  const std::string raw = test::read_file(dir.file("l.f32"));
+  const auto golden = test::fixture_logits("v3_yarn");
+  ASSERT_EQ(raw.size(), golden.size() * 4);
+  std::vector<float> got(golden.size());
+  std::memcpy(got.data(), raw.data(), raw.size());
+  float max_diff = 0;
+  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::fabs(got[i] - golden[i]));
+  EXPECT_LE(max_diff, 1e-3f);
+}
+
+// Each bad input: non-zero exit, one message naming the problem, no crash.
+struct BadCase {
+  std::string args;
+  std::string expected;
+};
+
+TEST(Cli, BadInputsGiveClearErrors) {
+  const std::string v2 = test::fixture_dir("v2_lite");
+  const std::vector<BadCase> cases = {
+      {"logits " + v2 + " --ids 1,2,256", "token id 256 at index 2 is outside the vocabulary"},
+      {"logits " + v2 + " --ids ''", "no token ids given"},
+      {"logits " + v2 + " --ids 1,,2", "is not an integer token id"},
+      {"logits " + v2 + " --ids 1,x", "\"x\" is not an integer token id"},
+      {"logits " + v2 + " --ids 99999999999", "is not a valid token id"},
+      {"logits " + v2 + " --ids -3", "token id -3 at index 0 is outside the vocabulary"},
+      {"logits /nonexistent --ids 1", "config.json not found"},
+      {"info /nonexistent", "config.json not found"},
+      {"info " + v2 + " --bogus", "--bogus"},
+  };
+  for (const auto& c : cases) {
+    std::string out;
+    const int rc = run_command(whale() + " " + c.args, &out);
+    EXPECT_NE(rc, 0) << c.args;
+    EXPECT_LT(rc, 128) << "crashed: " << c.args;
+    EXPECT_NE(out.find(c.expected), std::string::npos) << c.args << "\n" << out;
+  }
+}
+
+TEST(Cli, BadCheckpointFilesGiveClearErrors) {
+  test::TempDir dir;
+  test::copy_fixture("v2_lite", dir.path());
+  const std::string model = dir.file("model.safetensors");
+  const std::string bytes = test::read_file(model);
+
+  test::write_file(model, bytes.substr(0, bytes.size() / 2));  // truncated
+  std::string out;
+  EXPECT_EQ(run_command(whale() + " logits " + dir.path() + " --ids 1", &out), 1);
+  EXPECT_NE(out.find("outside the data section"), std::string::npos) << out;
+
+  test::write_file(model, bytes);
+  test::write_file(dir.file("config.json"), "{\"model_type\": \"deepseek_v2\", ");
+  EXPECT_EQ(run_command(whale() + " info " + dir.path(), &out), 1);
+  EXPECT_NE(out.find("config.json: not valid JSON"), std::string::npos) << out;
+
+  test::copy_fixture("v2_lite", dir.path());
+  auto cfg = nlohmann::json::parse(test::read_file(dir.file("config.json")));
+  cfg["kv_lora_rank"] = 48;  // disagrees with the stored tensors
+  test::write_file(dir.file("config.json"), cfg.dump());
+  EXPECT_EQ(run_command(whale() + " logits " + dir.path() + " --ids 1", &out), 1);
+  EXPECT_NE(out.find("model.layers.0.self_attn.kv_a_proj_with_mqa.weight: shape [40, 64], config.json implies [56, 64]"),
+            std::string::npos)
+      << out;
+
+  cfg["kv_lora_rank"] = "32";
+  test::write_file(dir.file("config.json"), cfg.dump());
+  EXPECT_EQ(run_command(whale() + " info " + dir.path(), &out), 1);
+  EXPECT_NE(out.find("kv_lora_rank: must be an integer, got string"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace whale

@@ -1,0 +1,119 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+
+namespace whale {
+namespace {
+
+TEST(Fp8E4M3, KnownValues) {
+  // Values from the OCP FP8 spec (E4M3: bias 7, no infinities, S.1111.111 is NaN).
+  EXPECT_EQ(fp8_e4m3_to_f32(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(fp8_e4m3_to_f32(0x80)));
+  EXPECT_EQ(fp8_e4m3_to_f32(0x01), 0.001953125f);   // smallest subnormal 2^-9
+  EXPECT_EQ(fp8_e4m3_to_f32(0x07), 0.013671875f);   // largest subnormal 7·2^-9
+  EXPECT_EQ(fp8_e4m3_to_f32(0x08), 0.015625f);      // smallest normal 2^-6
+  EXPECT_EQ(fp8_e4m3_to_f32(0x38), 1.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(0x3C), 1.5f);
+  EXPECT_EQ(fp8_e4m3_to_f32(0x40), 2.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(0x77), 240.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(0x7E), 448.0f);         // max finite, no infinities
+  EXPECT_EQ(fp8_e4m3_to_f32(0xFE), -448.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(0xB8), -1.0f);
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0x7F)));
+  EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0xFF)));
+  // 0x78 would be +inf in IEEE-style e4m3; in e4m3fn it is 256.
+  EXPECT_EQ(fp8_e4m3_to_f32(0x78), 256.0f);
+}
+
+TEST(Fp8E4M3, TableIsMonotonicAndRoundTrips) {
+  for (int b = 1; b < 0x7F; ++b) {
+    EXPECT_LT(fp8_e4m3_to_f32(static_cast<uint8_t>(b - 1)), fp8_e4m3_to_f32(static_cast<uint8_t>(b)));
+    EXPECT_EQ(f32_to_fp8_e4m3(fp8_e4m3_to_f32(static_cast<uint8_t>(b))), b);
+    EXPECT_EQ(f32_to_fp8_e4m3(fp8_e4m3_to_f32(static_cast<uint8_t>(b | 0x80))), b | 0x80);
+  }
+  EXPECT_EQ(f32_to_fp8_e4m3(1000.0f), 0x7E);  // saturates
+  EXPECT_EQ(f32_to_fp8_e4m3(-1000.0f), 0xFE);
+}
+
+TEST(E8M0, PowersOfTwo) {
+  EXPECT_EQ(e8m0_to_f32(127), 1.0f);
+  EXPECT_EQ(e8m0_to_f32(128), 2.0f);
+  EXPECT_EQ(e8m0_to_f32(120), 1.0f / 128);
+  EXPECT_EQ(e8m0_to_f32(0), std::ldexp(1.0f, -127));
+  EXPECT_TRUE(std::isnan(e8m0_to_f32(0xFF)));
+}
+
+TEST(Bf16, ConversionsAndRounding) {
+  EXPECT_EQ(bf16_to_f32(0x3F80), 1.0f);
+  EXPECT_EQ(bf16_to_f32(0xC000), -2.0f);
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3F80);
+  // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties to even (1.0).
+  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3F80);
+  EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3F82);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(F16, Conversions) {
+  EXPECT_EQ(f16_to_f32(0x3C00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xC000), -2.0f);
+  EXPECT_EQ(f16_to_f32(0x7BFF), 65504.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_TRUE(std::isinf(f16_to_f32(0x7C00)));
+  EXPECT_TRUE(std::isnan(f16_to_f32(0x7E00)));
+  EXPECT_EQ(f32_to_f16(1.5f), 0x3E00);
+}
+
+TEST(DType, NamesRoundTrip) {
+  for (const char* name : {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F16",
+                           "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2", "F8_E8M0"}) {
+    const auto t = dtype_from_name(name);
+    ASSERT_TRUE(t.has_value()) << name;
+    EXPECT_EQ(dtype_name(*t), name);
+  }
+  EXPECT_FALSE(dtype_from_name("F4").has_value());
+  EXPECT_EQ(dtype_size(DType::kBF16), 2);
+  EXPECT_EQ(dtype_size(DType::kF8E4M3), 1);
+}
+
+TEST(TensorView, ContiguousStrides) {
+  float data[24];
+  const TensorView v = TensorView::contiguous(DType::kF32, data, {2, 3, 4});
+  EXPECT_EQ(v.strides, (std::vector<int64_t>{12, 4, 1}));
+  EXPECT_EQ(v.numel(), 24);
+  EXPECT_EQ(v.nbytes(), 96);
+  EXPECT_TRUE(v.is_contiguous());
+  EXPECT_EQ(shape_to_string(v.shape), "[2, 3, 4]");
+}
+
+TEST(Error, CarriesFileFieldHint) {
+  const Error e = make_error("must be an integer", "hidden_size", "config.json", "fix it");
+  EXPECT_EQ(e.to_string(), "config.json: hidden_size: must be an integer (hint: fix it)");
+  Result<int> r = e;
+  EXPECT_FALSE(r.ok());
+  Result<int> v = 3;
+  EXPECT_EQ(*v, 3);
+}
+
+TEST(ThreadPool, CoversRangeOnceWithEveryThread) {
+  ThreadPool pool(4);
+  EXPECT_EQ(pool.size(), 4);
+  for (int64_t n : {1, 3, 4, 17, 1000}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+    });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1);
+  }
+  EXPECT_GE(available_cores(), 1);
+  ThreadPool default_pool;
+  EXPECT_EQ(default_pool.size(), available_cores());
+}
+
+}  // namespace
+}  // namespace whale

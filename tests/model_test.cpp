@@ -1,0 +1,219 @@
+// The DeepSeek forward pass against transformers' logits (tests/fixtures, made by reference/).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "backends/cpu/cpu_backend.h"
+#include "formats/safetensors.h"
+#include "model/deepseek.h"
+#include "ops/ref/ref_backend.h"
+#include "tests/test_util.h"
+
+namespace whale::model {
+namespace {
+
+struct Diff {
+  float max_abs = 0;
+  int64_t argmax_mismatches = 0;
+};
+
+Diff compare_logits(const std::vector<float>& got, const std::vector<float>& want, int64_t vocab) {
+  Diff d;
+  EXPECT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    d.max_abs = std::max(d.max_abs, std::fabs(got[i] - want[i]));
+  }
+  for (size_t row = 0; row * static_cast<size_t>(vocab) < got.size(); ++row) {
+    const float* g = got.data() + row * static_cast<size_t>(vocab);
+    const float* w = want.data() + row * static_cast<size_t>(vocab);
+    if (std::max_element(g, g + vocab) - g != std::max_element(w, w + vocab) - w) ++d.argmax_mismatches;
+  }
+  return d;
+}
+
+class Fixture : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto m = Model::load(test::fixture_dir(GetParam()));
+    ASSERT_TRUE(m.ok()) << m.error().to_string();
+    model_ = std::make_unique<Model>(std::move(*m));
+    ids_ = test::fixture_ids(GetParam());
+    golden_ = test::fixture_logits(GetParam());
+    ASSERT_GE(ids_.size(), 48u);
+    ASSERT_EQ(golden_.size(), ids_.size() * static_cast<size_t>(vocab()));
+  }
+  int64_t vocab() const { return model_->config().vocab_size; }
+
+  std::vector<float> full_forward(const ops::Backend& ops, AttentionForm form) {
+    KvCache cache(model_->config(), static_cast<int64_t>(ids_.size()));
+    ForwardOptions o;
+    o.all_logits = true;
+    o.attention = form;
+    auto logits = model_->forward(ops, ids_, cache, o);
+    EXPECT_TRUE(logits.ok()) << logits.error().to_string();
+    return logits.ok() ? *logits : std::vector<float>{};
+  }
+
+  ThreadPool pool_{2};
+  cpu::CpuBackend cpu_{pool_};
+  std::unique_ptr<Model> model_;
+  std::vector<int32_t> ids_;
+  std::vector<float> golden_;
+};
+
+TEST_P(Fixture, AllPositionLogitsMatchTransformers) {
+  const Diff d = compare_logits(full_forward(cpu_, AttentionForm::kAbsorbed), golden_, vocab());
+  std::printf("[%s] absorbed: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(), d.max_abs);
+  EXPECT_LE(d.max_abs, 1e-3f);
+  EXPECT_EQ(d.argmax_mismatches, 0);
+}
+
+TEST_P(Fixture, NaiveFormMatchesTransformersAndAbsorbed) {
+  const auto naive = full_forward(cpu_, AttentionForm::kNaive);
+  const Diff d = compare_logits(naive, golden_, vocab());
+  std::printf("[%s] naive: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(), d.max_abs);
+  EXPECT_LE(d.max_abs, 1e-3f);
+  EXPECT_EQ(d.argmax_mismatches, 0);
+  const Diff between = compare_logits(naive, full_forward(cpu_, AttentionForm::kAbsorbed), vocab());
+  EXPECT_LE(between.max_abs, 1e-4f);
+}
+
+TEST_P(Fixture, ReferenceOpsMatchTransformers) {
+  ops::RefBackend ref;
+  const Diff d = compare_logits(full_forward(ref, AttentionForm::kAbsorbed), golden_, vocab());
+  EXPECT_LE(d.max_abs, 1e-3f);
+  EXPECT_EQ(d.argmax_mismatches, 0);
+}
+
+TEST_P(Fixture, CachedDecodeEqualsFullForward) {
+  // Prefill the first 20 tokens, then one token at a time; every step's logits must equal the
+  // full forward's row for that position.
+  const auto full = full_forward(cpu_, AttentionForm::kAbsorbed);
+  for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kNaive}) {
+    KvCache cache(model_->config(), static_cast<int64_t>(ids_.size()));
+    ForwardOptions o;
+    o.attention = form;
+    o.all_logits = true;
+    const size_t prefill = 20;
+    auto first = model_->forward(cpu_, std::span(ids_).first(prefill), cache, o);
+    ASSERT_TRUE(first.ok());
+    std::vector<float> got = *first;
+    o.all_logits = false;
+    for (size_t t = prefill; t < ids_.size(); ++t) {
+      auto step = model_->forward(cpu_, std::span(ids_).subspan(t, 1), cache, o);
+      ASSERT_TRUE(step.ok());
+      got.insert(got.end(), step->begin(), step->end());
+    }
+    EXPECT_EQ(cache.size(), static_cast<int64_t>(ids_.size()));
+    const Diff d = compare_logits(got, full, vocab());
+    EXPECT_LE(d.max_abs, 1e-4f);
+    EXPECT_EQ(d.argmax_mismatches, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transformers, Fixture,
+                         ::testing::Values("v3_yarn", "v3_fp8", "v31_fp8_ue8m0", "v2_lite", "v2_group"));
+
+TEST(ModelLoad, RecognisesMtpLayerAndFp8) {
+  auto m = Model::load(test::fixture_dir("v3_yarn"));
+  ASSERT_TRUE(m.ok()) << m.error().to_string();
+  ASSERT_EQ(m->weights().mtp.size(), 1u);
+  EXPECT_NE(m->weights().mtp[0].eh_proj.data, nullptr);
+  EXPECT_TRUE(m->weights().mtp[0].layer.moe);
+
+  auto f = Model::load(test::fixture_dir("v3_fp8"));
+  ASSERT_TRUE(f.ok()) << f.error().to_string();
+  const Matrix& q_a = f->weights().layers[0].attn.q_a;
+  EXPECT_EQ(q_a.dtype, DType::kF8E4M3);
+  EXPECT_TRUE(q_a.quantized());
+  // Weights are views into the mapping, not copies.
+  const StoredTensor* stored = f->checkpoint().find("model.layers.0.self_attn.q_a_proj.weight");
+  ASSERT_NE(stored, nullptr);
+  EXPECT_EQ(q_a.data, stored->view.data);
+}
+
+TEST(ModelForward, RejectsBadIdsAndFullCache) {
+  auto m = Model::load(test::fixture_dir("v2_lite"));
+  ASSERT_TRUE(m.ok());
+  ThreadPool pool(1);
+  cpu::CpuBackend cpu(pool);
+  KvCache cache(m->config(), 4);
+  const std::vector<int32_t> out_of_vocab = {1, 256};
+  auto r = m->forward(cpu, out_of_vocab, cache);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().to_string().find("token id 256 at index 1 is outside the vocabulary [0, 256)"),
+            std::string::npos);
+  const std::vector<int32_t> negative = {-1};
+  EXPECT_FALSE(m->forward(cpu, negative, cache).ok());
+  EXPECT_FALSE(m->forward(cpu, std::span<const int32_t>(), cache).ok());
+  const std::vector<int32_t> five = {1, 2, 3, 4, 5};
+  r = m->forward(cpu, five, cache);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().to_string().find("context is full"), std::string::npos);
+  EXPECT_EQ(cache.size(), 0);
+}
+
+// Rewrites a fixture's model.safetensors without `drop` and with `reshape` given a new shape.
+void rewrite_checkpoint(const std::string& fixture, const std::string& dir, const std::string& drop,
+                        const std::string& reshape) {
+  test::copy_fixture(fixture, dir);
+  auto ckpt = Checkpoint::open_dir(test::fixture_dir(fixture));
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<TensorToWrite> out;
+  std::vector<std::vector<uint8_t>> keep;
+  for (const auto& [name, t] : ckpt->tensors()) {
+    if (name == drop) continue;
+    TensorToWrite w{name, t->view.dtype, t->view.shape, t->view.data};
+    if (name == reshape) {
+      // Same bytes, dims swapped: a shape that disagrees with config.json.
+      std::swap(w.shape.front(), w.shape.back());
+      if (w.shape.size() == 1) w.shape = {1, w.shape[0]};
+    }
+    out.push_back(w);
+  }
+  ASSERT_TRUE(write_safetensors(dir + "/model.safetensors", out).ok());
+}
+
+TEST(ModelLoad, MissingTensorIsNamed) {
+  test::TempDir dir;
+  rewrite_checkpoint("v3_yarn", dir.path(), "model.layers.1.mlp.experts.7.up_proj.weight", "");
+  auto m = Model::load(dir.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().to_string().find("model.layers.1.mlp.experts.7.up_proj.weight: missing"),
+            std::string::npos)
+      << m.error().to_string();
+}
+
+TEST(ModelLoad, ShapeDisagreeingWithConfigIsNamed) {
+  test::TempDir dir;
+  rewrite_checkpoint("v3_yarn", dir.path(), "", "model.layers.0.self_attn.kv_b_proj.weight");
+  auto m = Model::load(dir.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().to_string().find("model.layers.0.self_attn.kv_b_proj.weight: shape [32, 128], "
+                                       "config.json implies [128, 32]"),
+            std::string::npos)
+      << m.error().to_string();
+}
+
+TEST(ModelLoad, Fp8WeightWithoutScaleIsNamed) {
+  test::TempDir dir;
+  rewrite_checkpoint("v3_fp8", dir.path(), "model.layers.1.self_attn.o_proj.weight_scale_inv", "");
+  auto m = Model::load(dir.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().to_string().find("model.layers.1.self_attn.o_proj.weight_scale_inv: missing"),
+            std::string::npos)
+      << m.error().to_string();
+}
+
+TEST(ModelLoad, PartialMtpIsAnError) {
+  test::TempDir dir;
+  rewrite_checkpoint("v3_yarn", dir.path(), "model.layers.3.eh_proj.weight", "");
+  auto m = Model::load(dir.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().to_string().find("model.layers.3.eh_proj.weight"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace whale::model

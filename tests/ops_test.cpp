@@ -1,0 +1,192 @@
+// Every CPU kernel, on every instruction set this machine has, against ops/ref.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "backends/cpu/cpu_backend.h"
+#include "ops/ref/ref_backend.h"
+
+namespace whale {
+namespace {
+
+using ops::Matrix;
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// Owns the bytes of a random matrix stored in one dtype.
+struct StoredMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scales;
+  Matrix m;
+};
+
+StoredMatrix make_matrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed,
+                         int64_t block_rows = 4, int64_t block_cols = 8) {
+  StoredMatrix s;
+  const std::vector<float> v = random_vector(static_cast<size_t>(rows * cols), seed, 0.5f);
+  s.bytes.resize(static_cast<size_t>(rows * cols * dtype_size(dtype)));
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const float x = v[static_cast<size_t>(i)];
+    switch (dtype) {
+      case DType::kF32:
+        reinterpret_cast<float*>(s.bytes.data())[i] = x;
+        break;
+      case DType::kBF16:
+        reinterpret_cast<uint16_t*>(s.bytes.data())[i] = f32_to_bf16(x);
+        break;
+      case DType::kF16:
+        reinterpret_cast<uint16_t*>(s.bytes.data())[i] = f32_to_f16(x);
+        break;
+      case DType::kF8E4M3:
+        s.bytes[static_cast<size_t>(i)] = f32_to_fp8_e4m3(x * 100);
+        break;
+      default:
+        break;
+    }
+  }
+  s.m.dtype = dtype;
+  s.m.data = s.bytes.data();
+  s.m.rows = rows;
+  s.m.cols = cols;
+  if (dtype == DType::kF8E4M3) {
+    // Small blocks with ragged edges exercise the block indexing.
+    s.m.block_rows = block_rows;
+    s.m.block_cols = block_cols;
+    s.m.scale_cols = (cols + block_cols - 1) / block_cols;
+    s.scales = random_vector(static_cast<size_t>((rows + block_rows - 1) / block_rows * s.m.scale_cols), seed + 1, 0.01f);
+    s.m.scale = s.scales.data();
+  }
+  return s;
+}
+
+void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_NEAR(a[i], b[i], tol * (1.0f + std::fabs(b[i]))) << "at " << i;
+  }
+}
+
+class CpuOps : public ::testing::TestWithParam<cpu::Isa> {
+ protected:
+  ThreadPool pool_{3};
+  cpu::CpuBackend cpu_{pool_, GetParam()};
+  ops::RefBackend ref_;
+};
+
+TEST_P(CpuOps, MatmulEveryDtypeAndSlices) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
+    const int64_t rows = 37, cols = 70, n = 5;
+    StoredMatrix w = make_matrix(dtype, rows, cols, 7);
+    const auto x = random_vector(static_cast<size_t>(n * cols), 3);
+    for (const auto& [begin, count] : {std::pair<int64_t, int64_t>{0, rows}, {5, 13}, {36, 1}}) {
+      const Matrix view = w.m.row_slice(begin, count);
+      std::vector<float> y_cpu(static_cast<size_t>(n * count)), y_ref(y_cpu.size());
+      cpu_.matmul(y_cpu.data(), count, x.data(), cols, n, view);
+      ref_.matmul(y_ref.data(), count, x.data(), cols, n, view);
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " slice " + std::to_string(begin));
+      expect_close(y_cpu, y_ref, 1e-5f);
+
+      std::vector<float> xt = random_vector(static_cast<size_t>(n * count), 4);
+      std::vector<float> z_cpu(static_cast<size_t>(n * cols)), z_ref(z_cpu.size());
+      cpu_.matmul_t(z_cpu.data(), cols, xt.data(), count, n, view);
+      ref_.matmul_t(z_ref.data(), cols, xt.data(), count, n, view);
+      expect_close(z_cpu, z_ref, 1e-5f);
+    }
+  }
+}
+
+TEST_P(CpuOps, MatmulHonoursStrides) {
+  StoredMatrix w = make_matrix(DType::kBF16, 8, 16, 9);
+  const auto x = random_vector(3 * 20, 5);  // rows of 20, 16 used
+  std::vector<float> y_cpu(3 * 11, -1.0f), y_ref(3 * 11, -1.0f);  // rows of 11, 8 written
+  cpu_.matmul(y_cpu.data(), 11, x.data(), 20, 3, w.m);
+  ref_.matmul(y_ref.data(), 11, x.data(), 20, 3, w.m);
+  expect_close(y_cpu, y_ref, 1e-5f);
+  EXPECT_EQ(y_cpu[8], -1.0f);  // untouched padding
+}
+
+TEST_P(CpuOps, RmsNormSwigluEmbedding) {
+  const int64_t n = 4, dim = 33;
+  const auto x = random_vector(static_cast<size_t>(n * dim), 11);
+  StoredMatrix w = make_matrix(DType::kBF16, 1, dim, 12);
+  std::vector<float> a(x.size()), b(x.size());
+  cpu_.rmsnorm(a.data(), dim, x.data(), dim, n, dim, w.m, 1e-6f);
+  ref_.rmsnorm(b.data(), dim, x.data(), dim, n, dim, w.m, 1e-6f);
+  expect_close(a, b, 1e-5f);
+
+  const auto up = random_vector(x.size(), 13);
+  cpu_.swiglu(a.data(), dim, x.data(), up.data(), dim, n, dim);
+  ref_.swiglu(b.data(), dim, x.data(), up.data(), dim, n, dim);
+  expect_close(a, b, 1e-5f);
+
+  StoredMatrix table = make_matrix(DType::kBF16, 10, dim, 14);
+  const int32_t ids[4] = {9, 0, 3, 9};
+  cpu_.embedding(a.data(), table.m, ids, n);
+  ref_.embedding(b.data(), table.m, ids, n);
+  expect_close(a, b, 0.0f);
+}
+
+TEST_P(CpuOps, Rope) {
+  const int64_t n = 5, heads = 3, dim = 8, ld = 40;
+  auto x1 = random_vector(static_cast<size_t>(n * ld), 15);
+  auto x2 = x1;
+  const int32_t pos[5] = {0, 1, 7, 100, 4000};
+  const float inv_freq[4] = {1.0f, 0.1f, 0.01f, 0.001f};
+  cpu_.rope(x1.data() + 2, ld, 12, n, heads, dim, pos, inv_freq, 1.3f);
+  ref_.rope(x2.data() + 2, ld, 12, n, heads, dim, pos, inv_freq, 1.3f);
+  expect_close(x1, x2, 1e-5f);
+}
+
+TEST_P(CpuOps, AttentionMultiQueryAndPerHead) {
+  for (int64_t kv_heads : {1, 4}) {
+    ops::AttentionArgs a;
+    a.n_q = 3, a.n_kv = 9, a.n_heads = 4, a.kv_heads = kv_heads, a.dk = 12, a.dv = 10;
+    const auto q = random_vector(static_cast<size_t>(a.n_q * a.n_heads * a.dk), 20);
+    const auto k = random_vector(static_cast<size_t>(a.n_kv * kv_heads * a.dk), 21);
+    const auto v = random_vector(static_cast<size_t>(a.n_kv * kv_heads * a.dv), 22);
+    const int32_t pos[3] = {6, 7, 8};
+    a.q = q.data(), a.q_row = a.n_heads * a.dk, a.q_head = a.dk;
+    a.k = k.data(), a.k_row = kv_heads * a.dk, a.k_head = a.dk;
+    a.v = v.data(), a.v_row = kv_heads * a.dv, a.v_head = a.dv;
+    a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
+    a.q_pos = pos;
+    a.scale = 0.3f;
+    std::vector<float> o1(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o2(o1.size());
+    a.out = o1.data();
+    cpu_.attention(a);
+    a.out = o2.data();
+    ref_.attention(a);
+    expect_close(o1, o2, 1e-5f);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, CpuOps, ::testing::ValuesIn(cpu::supported_isas()),
+                         [](const auto& info) { return std::string(cpu::isa_name(info.param)).substr(4); });
+
+TEST(Matrix, Fp8BlockScalesApplyPerBlock) {
+  // 3×5 fp8 matrix with 2×2 blocks: element (r, c) is scaled by S[r/2][c/2].
+  uint8_t q[15];
+  for (auto& b : q) b = 0x38;  // 1.0
+  const float s[6] = {1, 2, 3, 4, 5, 6};  // [2, 3]
+  Matrix m;
+  m.dtype = DType::kF8E4M3, m.data = q, m.rows = 3, m.cols = 5;
+  m.scale = s, m.scale_cols = 3, m.block_rows = 2, m.block_cols = 2;
+  EXPECT_EQ(m.at(0, 0), 1.0f);
+  EXPECT_EQ(m.at(1, 3), 2.0f);
+  EXPECT_EQ(m.at(2, 4), 6.0f);
+  EXPECT_EQ(m.row_slice(2, 1).at(0, 2), 5.0f);  // the slice keeps its block row
+  float row[5];
+  m.row_slice(1, 2).dequantize_row(1, 1, 5, row);  // stored row 2, columns 1..4
+  EXPECT_EQ(row[0], 4.0f);
+  EXPECT_EQ(row[1], 5.0f);
+  EXPECT_EQ(row[3], 6.0f);
+}
+
+}  // namespace
+}  // namespace whale
