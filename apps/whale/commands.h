@@ -24,4 +24,12 @@ struct LogitsArgs {
 void add_logits_command(CLI::App& app, LogitsArgs& args);
 int run_logits(const LogitsArgs& args);
 
+struct SynthArgs {
+  std::string config;
+  std::string out_dir;
+  uint64_t seed = 1;
+};
+void add_synth_command(CLI::App& app, SynthArgs& args);
+int run_synth(const SynthArgs& args);
+
 }  // namespace whale::app

@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   whale::app::LogitsArgs logits;
   whale::app::add_info_command(app, info);
   whale::app::add_logits_command(app, logits);
+  whale::app::SynthArgs synth;
+  whale::app::add_synth_command(app, synth);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -19,5 +21,6 @@ int main(int argc, char** argv) {
   }
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
+  if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
   return 2;
 }

@@ -238,27 +238,93 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
 
 namespace whale {
 
-Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                         const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The header text for `entries` laid out back to back, padded so the data starts 8-byte aligned.
+std::string make_header(const std::vector<SafetensorsStreamWriter::Entry>& entries,
+                        const std::map<std::string, std::string>& metadata, uint64_t* data_bytes) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& t : tensors) {
-    int64_t numel = 1;
-    for (int64_t d : t.shape) numel *= d;
-    const uint64_t bytes = static_cast<uint64_t>(numel) * static_cast<uint64_t>(dtype_size(t.dtype));
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape},
+  for (const auto& e : entries) {
+    uint64_t numel = 1;
+    for (int64_t d : e.shape) numel *= static_cast<uint64_t>(d);
+    const uint64_t bytes = numel * static_cast<uint64_t>(dtype_size(e.dtype));
+    header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape},
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
+  *data_bytes = offset;
   std::string text = header.dump();
-  while ((text.size() + 8) % 8 != 0) text += ' ';  // keep the data section 8-byte aligned
-  const std::string tmp = path + ".tmp";
+  while (text.size() % 8 != 0) text += ' ';
+  return text;
+}
+
+Result<FILE*> open_with_header(const std::string& tmp, const std::string& header) {
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) return make_error(std::string("cannot write: ") + std::strerror(errno), {}, tmp);
   uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
-  bool ok = std::fwrite(len, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
+  if (std::fwrite(len, 1, 8, f) != 8 || std::fwrite(header.data(), 1, header.size(), f) != header.size()) {
+    std::fclose(f);
+    std::remove(tmp.c_str());
+    return make_error("write failed", {}, tmp);
+  }
+  return f;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SafetensorsStreamWriter>> SafetensorsStreamWriter::create(
+    const std::string& path, std::vector<Entry> entries) {
+  auto w = std::unique_ptr<SafetensorsStreamWriter>(new SafetensorsStreamWriter());
+  w->path_ = path;
+  const std::string header = make_header(entries, {{"format", "pt"}}, &w->expected_);
+  WHALE_ASSIGN_OR_RETURN(w->file_, open_with_header(path + ".tmp", header));
+  return w;
+}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (file_) {  // not finished: leave nothing behind
+    std::fclose(file_);
+    std::remove((path_ + ".tmp").c_str());
+  }
+}
+
+Status SafetensorsStreamWriter::write(const void* data, size_t bytes) {
+  if (!file_) return make_error("writer is closed", {}, path_);
+  if (written_ + bytes > expected_) return make_error("more bytes than the header declares", {}, path_);
+  if (std::fwrite(data, 1, bytes, file_) != bytes) {
+    return make_error(std::string("write failed: ") + std::strerror(errno), {}, path_);
+  }
+  written_ += bytes;
+  return ok_status();
+}
+
+Status SafetensorsStreamWriter::finish() {
+  if (!file_) return make_error("writer is closed", {}, path_);
+  const std::string tmp = path_ + ".tmp";
+  const bool closed = std::fclose(file_) == 0;
+  file_ = nullptr;
+  std::error_code ec;
+  if (closed && written_ == expected_) std::filesystem::rename(tmp, path_, ec);
+  if (!closed || written_ != expected_ || ec) {
+    std::remove(tmp.c_str());
+    return make_error(written_ != expected_ ? "fewer bytes than the header declares" : "write failed",
+                      {}, path_);
+  }
+  return ok_status();
+}
+
+Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                         const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsStreamWriter::Entry> entries;
+  for (const auto& t : tensors) entries.push_back({t.name, t.dtype, t.shape});
+  uint64_t data_bytes = 0;
+  const std::string header = make_header(entries, metadata, &data_bytes);
+  const std::string tmp = path + ".tmp";
+  WHALE_ASSIGN_OR_RETURN(FILE* f, open_with_header(tmp, header));
+  bool ok = true;
   for (const auto& t : tensors) {
     int64_t numel = 1;
     for (int64_t d : t.shape) numel *= d;

@@ -6,6 +6,7 @@
 //          "data_offsets": [begin, end]}, ...} with offsets relative to the data section.
 #pragma once
 
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,5 +81,35 @@ struct TensorToWrite {
 // Writes a single-file safetensors checkpoint atomically (a temporary file renamed into place).
 Status write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                          const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace whale
+
+namespace whale {
+
+// Writes a safetensors file tensor by tensor without holding them all in memory: the header is
+// written first from the declared tensors, then each tensor's bytes in order. The file appears
+// under `path` only after finish() succeeds (it is written as `path.tmp` and renamed).
+class SafetensorsStreamWriter {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+  };
+  static Result<std::unique_ptr<SafetensorsStreamWriter>> create(const std::string& path,
+                                                                 std::vector<Entry> entries);
+  ~SafetensorsStreamWriter();
+  // Appends the bytes of the next tensor(s); calls may split or join tensors freely.
+  Status write(const void* data, size_t bytes);
+  // Checks that exactly the declared bytes were written, closes and renames into place.
+  Status finish();
+
+ private:
+  SafetensorsStreamWriter() = default;
+  std::string path_;
+  FILE* file_ = nullptr;
+  uint64_t expected_ = 0;
+  uint64_t written_ = 0;
+};
 
 }  // namespace whale

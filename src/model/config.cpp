@@ -12,9 +12,12 @@ namespace {
 
 using nlohmann::json;
 
-// Largest dimension accepted; far above any released model, low enough that products of a few
-// dimensions cannot overflow int64.
-constexpr int64_t kMaxDim = int64_t{1} << 24;
+// Limits far above any released model (V3: hidden 7168, 61 layers, 256 experts) yet low enough
+// that parameter counts cannot overflow int64 and the tensor table stays small.
+constexpr int64_t kMaxDim = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 512;
+constexpr int64_t kMaxExperts = 4096;
+constexpr int64_t kMaxHeads = 4096;
 
 // Reads typed fields of one JSON object, naming the field in every error.
 class FieldReader {
@@ -243,12 +246,12 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
   }
   const bool v3 = c.family == Family::kDeepseekV3;
 
-  WHALE_ASSIGN_OR_RETURN(c.vocab_size, r.integer("vocab_size", 1, std::numeric_limits<int32_t>::max()));
+  WHALE_ASSIGN_OR_RETURN(c.vocab_size, r.integer("vocab_size", 1, int64_t{1} << 24));
   WHALE_ASSIGN_OR_RETURN(c.hidden_size, r.integer("hidden_size", 1, kMaxDim));
-  WHALE_ASSIGN_OR_RETURN(c.num_hidden_layers, r.integer("num_hidden_layers", 1, 4096));
-  WHALE_ASSIGN_OR_RETURN(c.num_attention_heads, r.integer("num_attention_heads", 1, 65536));
+  WHALE_ASSIGN_OR_RETURN(c.num_hidden_layers, r.integer("num_hidden_layers", 1, kMaxLayers));
+  WHALE_ASSIGN_OR_RETURN(c.num_attention_heads, r.integer("num_attention_heads", 1, kMaxHeads));
   WHALE_ASSIGN_OR_RETURN(c.num_key_value_heads,
-                         r.integer("num_key_value_heads", 1, 65536, c.num_attention_heads));
+                         r.integer("num_key_value_heads", 1, kMaxHeads, c.num_attention_heads));
   WHALE_ASSIGN_OR_RETURN(c.q_lora_rank, r.nullable_integer("q_lora_rank", 1, kMaxDim, false));
   WHALE_ASSIGN_OR_RETURN(c.kv_lora_rank, r.integer("kv_lora_rank", 1, kMaxDim));
   WHALE_ASSIGN_OR_RETURN(c.qk_nope_head_dim, r.integer("qk_nope_head_dim", 1, kMaxDim));
@@ -256,11 +259,11 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
   WHALE_ASSIGN_OR_RETURN(c.v_head_dim, r.integer("v_head_dim", 1, kMaxDim));
   WHALE_ASSIGN_OR_RETURN(c.intermediate_size, r.integer("intermediate_size", 1, kMaxDim));
   WHALE_ASSIGN_OR_RETURN(c.moe_intermediate_size, r.integer("moe_intermediate_size", 1, kMaxDim));
-  WHALE_ASSIGN_OR_RETURN(c.n_routed_experts, r.integer("n_routed_experts", 0, 65536));
-  WHALE_ASSIGN_OR_RETURN(c.n_shared_experts, r.integer("n_shared_experts", 0, 1024, 0));
-  WHALE_ASSIGN_OR_RETURN(c.num_experts_per_tok, r.integer("num_experts_per_tok", 0, 65536));
-  WHALE_ASSIGN_OR_RETURN(c.n_group, r.integer("n_group", 1, 65536, 1));
-  WHALE_ASSIGN_OR_RETURN(c.topk_group, r.integer("topk_group", 1, 65536, 1));
+  WHALE_ASSIGN_OR_RETURN(c.n_routed_experts, r.integer("n_routed_experts", 0, kMaxExperts));
+  WHALE_ASSIGN_OR_RETURN(c.n_shared_experts, r.integer("n_shared_experts", 0, 64, 0));
+  WHALE_ASSIGN_OR_RETURN(c.num_experts_per_tok, r.integer("num_experts_per_tok", 0, kMaxExperts));
+  WHALE_ASSIGN_OR_RETURN(c.n_group, r.integer("n_group", 1, kMaxExperts, 1));
+  WHALE_ASSIGN_OR_RETURN(c.topk_group, r.integer("topk_group", 1, kMaxExperts, 1));
   WHALE_ASSIGN_OR_RETURN(c.routed_scaling_factor,
                          r.number("routed_scaling_factor", 1e-6, 1e6, 1.0));
   WHALE_ASSIGN_OR_RETURN(std::string scoring, r.string("scoring_func", v3 ? "sigmoid" : "softmax"));
@@ -283,8 +286,8 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
                    "expected noaux_tc, greedy or group_limited_greedy");
   }
   WHALE_ASSIGN_OR_RETURN(c.norm_topk_prob, r.boolean("norm_topk_prob", v3));
-  WHALE_ASSIGN_OR_RETURN(c.first_k_dense_replace, r.integer("first_k_dense_replace", 0, 4096, 0));
-  WHALE_ASSIGN_OR_RETURN(c.moe_layer_freq, r.integer("moe_layer_freq", 1, 4096, 1));
+  WHALE_ASSIGN_OR_RETURN(c.first_k_dense_replace, r.integer("first_k_dense_replace", 0, kMaxLayers, 0));
+  WHALE_ASSIGN_OR_RETURN(c.moe_layer_freq, r.integer("moe_layer_freq", 1, kMaxLayers, 1));
   WHALE_ASSIGN_OR_RETURN(c.rms_norm_eps, r.number("rms_norm_eps", 1e-30, 1.0));
   WHALE_ASSIGN_OR_RETURN(c.max_position_embeddings,
                          r.integer("max_position_embeddings", 1, int64_t{1} << 32));

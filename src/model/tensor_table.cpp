@@ -9,7 +9,7 @@ struct TableBuilder {
   TensorGroup group = TensorGroup::kMain;
 
   void add(std::string logical, std::string checkpoint, std::vector<int64_t> shape,
-           TensorKind kind, Matrix* dest, bool routed_expert = false) {
+           TensorKind kind, Matrix* dest, bool routed_expert = false, bool fp8 = false) {
     TensorSpec s;
     s.logical = std::move(logical);
     s.checkpoint = std::move(checkpoint);
@@ -18,6 +18,7 @@ struct TableBuilder {
     s.group = group;
     s.required = group == TensorGroup::kMain;
     s.routed_expert = routed_expert;
+    s.fp8_in_release = fp8;
     s.dest = dest;
     specs.push_back(std::move(s));
   }
@@ -25,9 +26,9 @@ struct TableBuilder {
   void ffn(const std::string& logical, const std::string& prefix, int64_t width, FfnWeights* w,
            bool routed = false) {
     const int64_t d = c.hidden_size;
-    add(logical + ".gate", prefix + "gate_proj.weight", {width, d}, TensorKind::kLinear, &w->gate, routed);
-    add(logical + ".up", prefix + "up_proj.weight", {width, d}, TensorKind::kLinear, &w->up, routed);
-    add(logical + ".down", prefix + "down_proj.weight", {d, width}, TensorKind::kLinear, &w->down, routed);
+    add(logical + ".gate", prefix + "gate_proj.weight", {width, d}, TensorKind::kLinear, &w->gate, routed, true);
+    add(logical + ".up", prefix + "up_proj.weight", {width, d}, TensorKind::kLinear, &w->up, routed, true);
+    add(logical + ".down", prefix + "down_proj.weight", {d, width}, TensorKind::kLinear, &w->down, routed, true);
   }
 
   void layer(int64_t l, LayerWeights* w) {
@@ -41,19 +42,19 @@ struct TableBuilder {
     AttentionWeights& at = w->attn;
     if (c.q_lora_rank) {
       const int64_t q = *c.q_lora_rank;
-      add(b + "attn.q_a", a + "q_a_proj.weight", {q, d}, TensorKind::kLinear, &at.q_a);
+      add(b + "attn.q_a", a + "q_a_proj.weight", {q, d}, TensorKind::kLinear, &at.q_a, false, true);
       add(b + "attn.q_a_norm", a + "q_a_layernorm.weight", {q}, TensorKind::kVector, &at.q_a_norm);
-      add(b + "attn.q_b", a + "q_b_proj.weight", {h * c.qk_head_dim(), q}, TensorKind::kLinear, &at.q_b);
+      add(b + "attn.q_b", a + "q_b_proj.weight", {h * c.qk_head_dim(), q}, TensorKind::kLinear, &at.q_b, false, true);
     } else {
-      add(b + "attn.q", a + "q_proj.weight", {h * c.qk_head_dim(), d}, TensorKind::kLinear, &at.q_proj);
+      add(b + "attn.q", a + "q_proj.weight", {h * c.qk_head_dim(), d}, TensorKind::kLinear, &at.q_proj, false, true);
     }
     add(b + "attn.kv_a", a + "kv_a_proj_with_mqa.weight", {c.kv_cache_width(), d},
-        TensorKind::kLinear, &at.kv_a);
+        TensorKind::kLinear, &at.kv_a, false, true);
     add(b + "attn.kv_a_norm", a + "kv_a_layernorm.weight", {c.kv_lora_rank}, TensorKind::kVector,
         &at.kv_a_norm);
     add(b + "attn.kv_b", a + "kv_b_proj.weight",
-        {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorKind::kLinear, &at.kv_b);
-    add(b + "attn.o", a + "o_proj.weight", {d, h * c.v_head_dim}, TensorKind::kLinear, &at.o);
+        {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorKind::kLinear, &at.kv_b, false, true);
+    add(b + "attn.o", a + "o_proj.weight", {d, h * c.v_head_dim}, TensorKind::kLinear, &at.o, false, true);
 
     w->moe = c.is_moe_layer(l);
     if (!w->moe) {
