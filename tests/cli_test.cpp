@@ -15,7 +15,11 @@ std::string whale() { return WHALE_BINARY; }
 
 TEST(Cli, InfoJsonOnRealV3Config) {
   std::string out;
-  ASSERT_EQ(run_command(whale() + " info " + WHALE_TEST_DATA_DIR + "/deepseek_v3_config --config-only --json", &out), 0) << out;
+  ASSERT_EQ(run_command(whale() + " info " + WHALE_TEST_DATA_DIR +
+                            "/deepseek_v3_config --config-only --json",
+                        &out),
+            0)
+      << out;
   const auto j = nlohmann::json::parse(out);
   EXPECT_EQ(j["model_type"], "deepseek_v3");
   EXPECT_EQ(j["params_total"].get<int64_t>(), 671026419200);
@@ -25,7 +29,8 @@ TEST(Cli, InfoJsonOnRealV3Config) {
 
 TEST(Cli, InfoOnFixtureCountsStoredBytes) {
   std::string out;
-  ASSERT_EQ(run_command(whale() + " info " + test::fixture_dir("v3_fp8") + " --json", &out), 0) << out;
+  ASSERT_EQ(run_command(whale() + " info " + test::fixture_dir("v3_fp8") + " --json", &out), 0)
+      << out;
   const auto j = nlohmann::json::parse(out);
   EXPECT_GT(j["bytes_by_dtype"]["F8_E4M3"].get<int64_t>(), 0);
   EXPECT_GT(j["bytes_by_dtype"]["F32"].get<int64_t>(), 0);  // scales and router bias
@@ -49,7 +54,8 @@ TEST(Cli, LogitsTopTenAndRawFile) {
   std::vector<float> got(golden.size());
   std::memcpy(got.data(), raw.data(), raw.size());
   float max_diff = 0;
-  for (size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, std::fabs(got[i] - golden[i]));
+  for (size_t i = 0; i < got.size(); ++i)
+    max_diff = std::max(max_diff, std::fabs(got[i] - golden[i]));
   EXPECT_LE(max_diff, 1e-3f);
 }
 
@@ -102,7 +108,8 @@ TEST(Cli, BadCheckpointFilesGiveClearErrors) {
   cfg["kv_lora_rank"] = 48;  // disagrees with the stored tensors
   test::write_file(dir.file("config.json"), cfg.dump());
   EXPECT_EQ(run_command(whale() + " logits " + dir.path() + " --ids 1", &out), 1);
-  EXPECT_NE(out.find("model.layers.0.self_attn.kv_a_proj_with_mqa.weight: shape [40, 64], config.json implies [56, 64]"),
+  EXPECT_NE(out.find("model.layers.0.self_attn.kv_a_proj_with_mqa.weight: shape [40, 64], "
+                     "config.json implies [56, 64]"),
             std::string::npos)
       << out;
 

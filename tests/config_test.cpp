@@ -1,9 +1,10 @@
+#include "model/config.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "model/config.h"
 #include "model/model_info.h"
 #include "model/rope_yarn.h"
 #include "tests/test_util.h"
@@ -14,7 +15,8 @@ namespace {
 using nlohmann::json;
 
 json v3_json() {
-  return json::parse(test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/deepseek_v3_config/config.json"));
+  return json::parse(
+      test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/deepseek_v3_config/config.json"));
 }
 
 // The error text for a config, or "" if it parses.
@@ -43,9 +45,9 @@ TEST(Config, RealV3SizesMatchPublishedFigures) {
   auto c = parse_config(v3_json().dump(), "config.json");
   ASSERT_TRUE(c.ok());
   const ModelSummary s = summarize(*c, nullptr);
-  EXPECT_NEAR(double(s.params_total), 671.0e9, 0.1e9);   // "671B total"
-  EXPECT_NEAR(double(s.params_active), 37.5e9, 0.6e9);   // "37B activated"
-  EXPECT_EQ(s.kv_cache_bytes_per_token_bf16, 70272);      // 61 × 576 × 2
+  EXPECT_NEAR(double(s.params_total), 671.0e9, 0.1e9);  // "671B total"
+  EXPECT_NEAR(double(s.params_active), 37.5e9, 0.6e9);  // "37B activated"
+  EXPECT_EQ(s.kv_cache_bytes_per_token_bf16, 70272);    // 61 × 576 × 2
   EXPECT_EQ(s.dense_layers, 3);
   EXPECT_EQ(s.moe_layers, 58);
 }
@@ -62,7 +64,8 @@ TEST(Config, YarnTablesMatchTheSpec) {
   EXPECT_FLOAT_EQ(t.amplitude, 1.0f);
   EXPECT_NEAR(attention_softmax_scale(*c), 0.13523378, 1e-6);
 
-  json v2 = json::parse(test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/deepseek_v2_lite_config/config.json"));
+  json v2 = json::parse(
+      test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/deepseek_v2_lite_config/config.json"));
   auto c2 = parse_config(v2.dump(), "config.json");
   ASSERT_TRUE(c2.ok()) << c2.error().to_string();
   EXPECT_NEAR(attention_softmax_scale(*c2), 0.11472139, 1e-6);
@@ -73,7 +76,8 @@ TEST(Config, YarnTablesMatchTheSpec) {
 TEST(Config, UnknownModelType) {
   json j = v3_json();
   j["model_type"] = "llama";
-  EXPECT_NE(error_of(j).find("model_type: unsupported model_type \"llama\""), std::string::npos) << error_of(j);
+  EXPECT_NE(error_of(j).find("model_type: unsupported model_type \"llama\""), std::string::npos)
+      << error_of(j);
 }
 
 TEST(Config, MissingAndIllTypedFields) {
@@ -110,12 +114,14 @@ TEST(Config, MissingAndIllTypedFields) {
 TEST(Config, InconsistentValues) {
   json j = v3_json();
   j["n_group"] = 7;  // 256 experts do not split into 7 groups
-  EXPECT_NE(error_of(j).find("n_group: n_routed_experts (256) is not divisible by n_group (7)"), std::string::npos)
+  EXPECT_NE(error_of(j).find("n_group: n_routed_experts (256) is not divisible by n_group (7)"),
+            std::string::npos)
       << error_of(j);
   j = v3_json();
   j["topk_group"] = 1;
   j["num_experts_per_tok"] = 40;  // one group holds 32 experts
-  EXPECT_NE(error_of(j).find("num_experts_per_tok: top-k 40 is larger than the 32 experts"), std::string::npos)
+  EXPECT_NE(error_of(j).find("num_experts_per_tok: top-k 40 is larger than the 32 experts"),
+            std::string::npos)
       << error_of(j);
   j = v3_json();
   j["topk_group"] = 9;

@@ -15,14 +15,14 @@ TEST(Fp8E4M3, KnownValues) {
   // Values from the OCP FP8 spec (E4M3: bias 7, no infinities, S.1111.111 is NaN).
   EXPECT_EQ(fp8_e4m3_to_f32(0x00), 0.0f);
   EXPECT_TRUE(std::signbit(fp8_e4m3_to_f32(0x80)));
-  EXPECT_EQ(fp8_e4m3_to_f32(0x01), 0.001953125f);   // smallest subnormal 2^-9
-  EXPECT_EQ(fp8_e4m3_to_f32(0x07), 0.013671875f);   // largest subnormal 7·2^-9
-  EXPECT_EQ(fp8_e4m3_to_f32(0x08), 0.015625f);      // smallest normal 2^-6
+  EXPECT_EQ(fp8_e4m3_to_f32(0x01), 0.001953125f);  // smallest subnormal 2^-9
+  EXPECT_EQ(fp8_e4m3_to_f32(0x07), 0.013671875f);  // largest subnormal 7·2^-9
+  EXPECT_EQ(fp8_e4m3_to_f32(0x08), 0.015625f);     // smallest normal 2^-6
   EXPECT_EQ(fp8_e4m3_to_f32(0x38), 1.0f);
   EXPECT_EQ(fp8_e4m3_to_f32(0x3C), 1.5f);
   EXPECT_EQ(fp8_e4m3_to_f32(0x40), 2.0f);
   EXPECT_EQ(fp8_e4m3_to_f32(0x77), 240.0f);
-  EXPECT_EQ(fp8_e4m3_to_f32(0x7E), 448.0f);         // max finite, no infinities
+  EXPECT_EQ(fp8_e4m3_to_f32(0x7E), 448.0f);  // max finite, no infinities
   EXPECT_EQ(fp8_e4m3_to_f32(0xFE), -448.0f);
   EXPECT_EQ(fp8_e4m3_to_f32(0xB8), -1.0f);
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_f32(0x7F)));
@@ -33,7 +33,8 @@ TEST(Fp8E4M3, KnownValues) {
 
 TEST(Fp8E4M3, TableIsMonotonicAndRoundTrips) {
   for (int b = 1; b < 0x7F; ++b) {
-    EXPECT_LT(fp8_e4m3_to_f32(static_cast<uint8_t>(b - 1)), fp8_e4m3_to_f32(static_cast<uint8_t>(b)));
+    EXPECT_LT(fp8_e4m3_to_f32(static_cast<uint8_t>(b - 1)),
+              fp8_e4m3_to_f32(static_cast<uint8_t>(b)));
     EXPECT_EQ(f32_to_fp8_e4m3(fp8_e4m3_to_f32(static_cast<uint8_t>(b))), b);
     EXPECT_EQ(f32_to_fp8_e4m3(fp8_e4m3_to_f32(static_cast<uint8_t>(b | 0x80))), b | 0x80);
   }

@@ -28,7 +28,8 @@ Diff compare_logits(const std::vector<float>& got, const std::vector<float>& wan
   for (size_t row = 0; row * static_cast<size_t>(vocab) < got.size(); ++row) {
     const float* g = got.data() + row * static_cast<size_t>(vocab);
     const float* w = want.data() + row * static_cast<size_t>(vocab);
-    if (std::max_element(g, g + vocab) - g != std::max_element(w, w + vocab) - w) ++d.argmax_mismatches;
+    if (std::max_element(g, g + vocab) - g != std::max_element(w, w + vocab) - w)
+      ++d.argmax_mismatches;
   }
   return d;
 }
@@ -65,7 +66,8 @@ class Fixture : public ::testing::TestWithParam<std::string> {
 
 TEST_P(Fixture, AllPositionLogitsMatchTransformers) {
   const Diff d = compare_logits(full_forward(cpu_, AttentionForm::kAbsorbed), golden_, vocab());
-  std::printf("[%s] absorbed: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(), d.max_abs);
+  std::printf("[%s] absorbed: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(),
+              d.max_abs);
   EXPECT_LE(d.max_abs, 1e-3f);
   EXPECT_EQ(d.argmax_mismatches, 0);
 }
@@ -73,7 +75,8 @@ TEST_P(Fixture, AllPositionLogitsMatchTransformers) {
 TEST_P(Fixture, NaiveFormMatchesTransformersAndAbsorbed) {
   const auto naive = full_forward(cpu_, AttentionForm::kNaive);
   const Diff d = compare_logits(naive, golden_, vocab());
-  std::printf("[%s] naive: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(), d.max_abs);
+  std::printf("[%s] naive: max |logit diff| vs transformers = %.3g\n", GetParam().c_str(),
+              d.max_abs);
   EXPECT_LE(d.max_abs, 1e-3f);
   EXPECT_EQ(d.argmax_mismatches, 0);
   const Diff between = compare_logits(naive, full_forward(cpu_, AttentionForm::kAbsorbed), vocab());
@@ -114,7 +117,8 @@ TEST_P(Fixture, CachedDecodeEqualsFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transformers, Fixture,
-                         ::testing::Values("v3_yarn", "v3_fp8", "v31_fp8_ue8m0", "v2_lite", "v2_group"));
+                         ::testing::Values("v3_yarn", "v3_fp8", "v31_fp8_ue8m0", "v2_lite",
+                                           "v2_group"));
 
 TEST(ModelLoad, RecognisesMtpLayerAndFp8) {
   auto m = Model::load(test::fixture_dir("v3_yarn"));
@@ -143,8 +147,9 @@ TEST(ModelForward, RejectsBadIdsAndFullCache) {
   const std::vector<int32_t> out_of_vocab = {1, 256};
   auto r = m->forward(cpu, out_of_vocab, cache);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().to_string().find("token id 256 at index 1 is outside the vocabulary [0, 256)"),
-            std::string::npos);
+  EXPECT_NE(
+      r.error().to_string().find("token id 256 at index 1 is outside the vocabulary [0, 256)"),
+      std::string::npos);
   const std::vector<int32_t> negative = {-1};
   EXPECT_FALSE(m->forward(cpu, negative, cache).ok());
   EXPECT_FALSE(m->forward(cpu, std::span<const int32_t>(), cache).ok());
@@ -191,9 +196,10 @@ TEST(ModelLoad, ShapeDisagreeingWithConfigIsNamed) {
   rewrite_checkpoint("v3_yarn", dir.path(), "", "model.layers.0.self_attn.kv_b_proj.weight");
   auto m = Model::load(dir.path());
   ASSERT_FALSE(m.ok());
-  EXPECT_NE(m.error().to_string().find("model.layers.0.self_attn.kv_b_proj.weight: shape [32, 128], "
-                                       "config.json implies [128, 32]"),
-            std::string::npos)
+  EXPECT_NE(
+      m.error().to_string().find("model.layers.0.self_attn.kv_b_proj.weight: shape [32, 128], "
+                                 "config.json implies [128, 32]"),
+      std::string::npos)
       << m.error().to_string();
 }
 

@@ -59,7 +59,9 @@ StoredMatrix make_matrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed,
     s.m.block_rows = block_rows;
     s.m.block_cols = block_cols;
     s.m.scale_cols = (cols + block_cols - 1) / block_cols;
-    s.scales = random_vector(static_cast<size_t>((rows + block_rows - 1) / block_rows * s.m.scale_cols), seed + 1, 0.01f);
+    s.scales =
+        random_vector(static_cast<size_t>((rows + block_rows - 1) / block_rows * s.m.scale_cols),
+                      seed + 1, 0.01f);
     s.m.scale = s.scales.data();
   }
   return s;
@@ -103,7 +105,7 @@ TEST_P(CpuOps, MatmulEveryDtypeAndSlices) {
 
 TEST_P(CpuOps, MatmulHonoursStrides) {
   StoredMatrix w = make_matrix(DType::kBF16, 8, 16, 9);
-  const auto x = random_vector(3 * 20, 5);  // rows of 20, 16 used
+  const auto x = random_vector(3 * 20, 5);                        // rows of 20, 16 used
   std::vector<float> y_cpu(3 * 11, -1.0f), y_ref(3 * 11, -1.0f);  // rows of 11, 8 written
   cpu_.matmul(y_cpu.data(), 11, x.data(), 20, 3, w.m);
   ref_.matmul(y_ref.data(), 11, x.data(), 20, 3, w.m);
@@ -167,12 +169,14 @@ TEST_P(CpuOps, AttentionMultiQueryAndPerHead) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, CpuOps, ::testing::ValuesIn(cpu::supported_isas()),
-                         [](const auto& info) { return std::string(cpu::isa_name(info.param)).substr(4); });
+                         [](const auto& info) {
+                           return std::string(cpu::isa_name(info.param)).substr(4);
+                         });
 
 TEST(Matrix, Fp8BlockScalesApplyPerBlock) {
   // 3×5 fp8 matrix with 2×2 blocks: element (r, c) is scaled by S[r/2][c/2].
   uint8_t q[15];
-  for (auto& b : q) b = 0x38;  // 1.0
+  for (auto& b : q) b = 0x38;             // 1.0
   const float s[6] = {1, 2, 3, 4, 5, 6};  // [2, 3]
   Matrix m;
   m.dtype = DType::kF8E4M3, m.data = q, m.rows = 3, m.cols = 5;

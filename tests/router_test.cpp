@@ -27,7 +27,8 @@ float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 TEST(Router, NoauxTcRanksGroupsByTopTwoSumAndWeighsUnbiased) {
   // 8 experts in 4 groups of 2; keep 2 groups; pick 2.
-  const ModelConfig c = router_config(TopkMethod::kNoauxTc, ScoringFunc::kSigmoid, 8, 4, 2, 2, true, 2.5);
+  const ModelConfig c =
+      router_config(TopkMethod::kNoauxTc, ScoringFunc::kSigmoid, 8, 4, 2, 2, true, 2.5);
   const float logits[8] = {3.0f, -3.0f, 1.0f, 1.0f, 0.5f, 0.4f, -1.0f, 2.5f};
   // Bias lifts expert 5 so group 2 (experts 4, 5) beats group 3 (6, 7) on the biased top-2 sum.
   const float bias[8] = {0, 0, 0, 0, 0, 0.6f, 0, 0};
@@ -44,7 +45,8 @@ TEST(Router, NoauxTcRanksGroupsByTopTwoSumAndWeighsUnbiased) {
 }
 
 TEST(Router, GreedySoftmaxWithoutNormalisation) {
-  const ModelConfig c = router_config(TopkMethod::kGreedy, ScoringFunc::kSoftmax, 4, 1, 1, 2, false, 1.0);
+  const ModelConfig c =
+      router_config(TopkMethod::kGreedy, ScoringFunc::kSoftmax, 4, 1, 1, 2, false, 1.0);
   const float logits[4] = {0.0f, 2.0f, 1.0f, -1.0f};
   int32_t idx[2];
   float w[2];
@@ -58,7 +60,8 @@ TEST(Router, GreedySoftmaxWithoutNormalisation) {
 
 TEST(Router, GroupLimitedGreedyRanksGroupsByMax) {
   // 6 experts in 3 groups of 2; keep 1 group; pick 2; scale 16.
-  const ModelConfig c = router_config(TopkMethod::kGroupLimitedGreedy, ScoringFunc::kSoftmax, 6, 3, 1, 2, false, 16.0);
+  const ModelConfig c = router_config(TopkMethod::kGroupLimitedGreedy, ScoringFunc::kSoftmax, 6, 3,
+                                      1, 2, false, 16.0);
   // Group 0 has the single best expert (0) but group 1 would win on a sum.
   const float logits[6] = {3.0f, -5.0f, 2.5f, 2.5f, 0.0f, 0.0f};
   int32_t idx[2];

@@ -1,6 +1,7 @@
+#include "formats/safetensors.h"
+
 #include <gtest/gtest.h>
 
-#include "formats/safetensors.h"
 #include "tests/test_util.h"
 
 namespace whale {
@@ -55,9 +56,12 @@ TEST(Safetensors, RejectsHeaderLengthPastEnd) {
 }
 
 TEST(Safetensors, RejectsMalformedJson) {
-  EXPECT_NE(open_error(safetensors_bytes("{\"a\": [", "")).find("not valid JSON"), std::string::npos);
-  EXPECT_NE(open_error(safetensors_bytes("[1,2]", "")).find("not a JSON object"), std::string::npos);
-  EXPECT_NE(open_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""))
+  EXPECT_NE(open_error(safetensors_bytes("{\"a\": [", "")).find("not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(open_error(safetensors_bytes("[1,2]", "")).find("not a JSON object"),
+            std::string::npos);
+  EXPECT_NE(open_error(
+                safetensors_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""))
                 .find("non-negative"),
             std::string::npos);
   EXPECT_NE(open_error(safetensors_bytes(R"({"a":{"dtype":"F32","shape":[1]}})", std::string(4, 0)))
@@ -87,17 +91,23 @@ TEST(Safetensors, RejectsOutOfRangeAndOverlap) {
   EXPECT_NE(e.find("overlaps"), std::string::npos) << e;
   // Shape product overflow is an error, not a wrap-around.
   e = open_error(safetensors_bytes(
-      R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", std::string(4, 0)));
+      R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})",
+      std::string(4, 0)));
   EXPECT_NE(e.find("too large"), std::string::npos) << e;
 }
 
 TEST(Checkpoint, ShardedIndex) {
   TempDir dir;
   const float a[2] = {1, 2}, b[3] = {3, 4, 5};
-  ASSERT_TRUE(write_safetensors(dir.file("model-00001-of-00002.safetensors"), {{"a", DType::kF32, {2}, a}}).ok());
-  ASSERT_TRUE(write_safetensors(dir.file("model-00002-of-00002.safetensors"), {{"b", DType::kF32, {3}, b}}).ok());
-  write_file(dir.file("model.safetensors.index.json"),
-             R"({"metadata":{"total_size":20},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
+  ASSERT_TRUE(
+      write_safetensors(dir.file("model-00001-of-00002.safetensors"), {{"a", DType::kF32, {2}, a}})
+          .ok());
+  ASSERT_TRUE(
+      write_safetensors(dir.file("model-00002-of-00002.safetensors"), {{"b", DType::kF32, {3}, b}})
+          .ok());
+  write_file(
+      dir.file("model.safetensors.index.json"),
+      R"({"metadata":{"total_size":20},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
   auto ckpt = Checkpoint::open_dir(dir.path());
   ASSERT_TRUE(ckpt.ok()) << ckpt.error().to_string();
   ASSERT_NE(ckpt->find("b"), nullptr);
@@ -109,17 +119,20 @@ TEST(Checkpoint, IndexErrors) {
   TempDir dir;
   const float a[2] = {1, 2};
   ASSERT_TRUE(write_safetensors(dir.file("s1.safetensors"), {{"a", DType::kF32, {2}, a}}).ok());
-  write_file(dir.file("model.safetensors.index.json"), R"({"weight_map":{"a":"s1.safetensors","zz":"s1.safetensors"}})");
+  write_file(dir.file("model.safetensors.index.json"),
+             R"({"weight_map":{"a":"s1.safetensors","zz":"s1.safetensors"}})");
   auto ckpt = Checkpoint::open_dir(dir.path());
   ASSERT_FALSE(ckpt.ok());
   EXPECT_NE(ckpt.error().to_string().find("zz"), std::string::npos);
 
-  write_file(dir.file("model.safetensors.index.json"), R"({"weight_map":{"a":"../s1.safetensors"}})");
+  write_file(dir.file("model.safetensors.index.json"),
+             R"({"weight_map":{"a":"../s1.safetensors"}})");
   ckpt = Checkpoint::open_dir(dir.path());
   ASSERT_FALSE(ckpt.ok());
   EXPECT_NE(ckpt.error().to_string().find("not a plain file name"), std::string::npos);
 
-  write_file(dir.file("model.safetensors.index.json"), R"({"weight_map":{"a":"missing.safetensors"}})");
+  write_file(dir.file("model.safetensors.index.json"),
+             R"({"weight_map":{"a":"missing.safetensors"}})");
   ckpt = Checkpoint::open_dir(dir.path());
   ASSERT_FALSE(ckpt.ok());
   EXPECT_NE(ckpt.error().to_string().find("missing.safetensors"), std::string::npos);

@@ -1,4 +1,6 @@
 // Synthetic checkpoints load like real ones, and loading maps instead of copying.
+#include "model/synthetic.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,7 +11,6 @@
 
 #include "backends/cpu/cpu_backend.h"
 #include "model/deepseek.h"
-#include "model/synthetic.h"
 #include "tests/test_util.h"
 
 namespace whale::model {
@@ -34,8 +35,10 @@ std::string medium_config(bool fp8) {
   j["moe_intermediate_size"] = 256;
   j["num_nextn_predict_layers"] = 0;
   if (fp8) {
-    j["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
-                                {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+    j["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                {"fmt", "e4m3"},
+                                {"quant_method", "fp8"},
+                                {"weight_block_size", {128, 128}}};
   }
   return j.dump();
 }
@@ -50,7 +53,8 @@ Result<ModelConfig> write_model(const std::string& dir, bool fp8) {
 TEST(Synthetic, LoadMapsInsteadOfCopying) {
   test::TempDir dir;
   ASSERT_TRUE(write_model(dir.path(), false).ok());
-  const auto file_bytes = static_cast<int64_t>(std::filesystem::file_size(dir.file("model.safetensors")));
+  const auto file_bytes =
+      static_cast<int64_t>(std::filesystem::file_size(dir.file("model.safetensors")));
   ASSERT_GT(file_bytes, 60 << 20);
 
   const int64_t before = resident_bytes();
@@ -58,7 +62,8 @@ TEST(Synthetic, LoadMapsInsteadOfCopying) {
   ASSERT_TRUE(m.ok()) << m.error().to_string();
   const int64_t after_load = resident_bytes();
   // Binding validates headers and shapes but touches no weight data.
-  EXPECT_LT(after_load - before, 8 << 20) << "load grew resident memory by " << (after_load - before);
+  EXPECT_LT(after_load - before, 8 << 20)
+      << "load grew resident memory by " << (after_load - before);
 
   ThreadPool pool(2);
   cpu::CpuBackend cpu(pool);

@@ -46,7 +46,9 @@ std::string safetensors_bytes(const std::string& header, const std::string& data
   return out + header + data;
 }
 
-std::string fixture_dir(const std::string& name) { return std::string(WHALE_FIXTURES_DIR) + "/" + name; }
+std::string fixture_dir(const std::string& name) {
+  return std::string(WHALE_FIXTURES_DIR) + "/" + name;
+}
 
 std::vector<int32_t> fixture_ids(const std::string& name) {
   const auto j = nlohmann::json::parse(read_file(fixture_dir(name) + "/input_ids.json"));
@@ -62,7 +64,8 @@ std::vector<float> fixture_logits(const std::string& name) {
 
 void copy_fixture(const std::string& name, const std::string& dir) {
   for (const auto& e : fs::directory_iterator(fixture_dir(name))) {
-    fs::copy_file(e.path(), fs::path(dir) / e.path().filename(), fs::copy_options::overwrite_existing);
+    fs::copy_file(e.path(), fs::path(dir) / e.path().filename(),
+                  fs::copy_options::overwrite_existing);
   }
 }
 

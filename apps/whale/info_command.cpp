@@ -90,7 +90,8 @@ int run_info(const InfoArgs& args) {
   std::printf("model_type        %s\n", c.model_type.c_str());
   std::printf("layers            %lld (%lld dense, %lld MoE) + %lld MTP\n",
               static_cast<long long>(c.num_hidden_layers), static_cast<long long>(s.dense_layers),
-              static_cast<long long>(s.moe_layers), static_cast<long long>(c.num_nextn_predict_layers));
+              static_cast<long long>(s.moe_layers),
+              static_cast<long long>(c.num_nextn_predict_layers));
   std::printf("hidden / heads    %lld / %lld\n", static_cast<long long>(c.hidden_size),
               static_cast<long long>(c.num_attention_heads));
   std::printf("attention         MLA, q_lora_rank %s, kv_lora_rank %lld, rope %lld\n",

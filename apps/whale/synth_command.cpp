@@ -20,7 +20,8 @@ void add_synth_command(CLI::App& app, SynthArgs& args) {
 int run_synth(const SynthArgs& args) {
   std::string path = args.config;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) path = (std::filesystem::path(path) / "config.json").string();
+  if (std::filesystem::is_directory(path, ec))
+    path = (std::filesystem::path(path) / "config.json").string();
   auto text = read_text_file(path);
   if (!text.ok()) {
     std::fprintf(stderr, "whale synth: %s\n", text.error().to_string().c_str());

@@ -44,7 +44,8 @@ float decode_minifloat(uint32_t bits, int exp_bits, int man_bits, int bias) {
   if (exp == 0) {
     v = std::ldexp(static_cast<float>(man), 1 - bias - man_bits);  // subnormal
   } else {
-    v = std::ldexp(static_cast<float>(man + (1u << man_bits)), static_cast<int>(exp) - bias - man_bits);
+    v = std::ldexp(static_cast<float>(man + (1u << man_bits)),
+                   static_cast<int>(exp) - bias - man_bits);
   }
   return sign ? -v : v;
 }
@@ -53,8 +54,8 @@ std::array<float, 256> make_e4m3_table() {
   std::array<float, 256> t{};
   for (uint32_t b = 0; b < 256; ++b) {
     // e4m3fn: bias 7, no infinities; only S.1111.111 is NaN.
-    t[b] = (b & 0x7F) == 0x7F ? std::numeric_limits<float>::quiet_NaN()
-                              : decode_minifloat(b, 4, 3, 7);
+    t[b] =
+        (b & 0x7F) == 0x7F ? std::numeric_limits<float>::quiet_NaN() : decode_minifloat(b, 4, 3, 7);
   }
   return t;
 }

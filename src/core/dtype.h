@@ -24,7 +24,7 @@ enum class DType : uint8_t {
   kF64,
   kF8E4M3,  // float8_e4m3fn: no infinities, NaN = 0x7F / 0xFF, max ±448
   kF8E5M2,
-  kE8M0,    // float8_e8m0fnu: a power-of-two scale 2^(e-127); 0xFF = NaN
+  kE8M0,  // float8_e8m0fnu: a power-of-two scale 2^(e-127); 0xFF = NaN
 };
 
 // Size of one element in bytes.

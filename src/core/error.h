@@ -26,7 +26,7 @@ Error make_error(std::string message, std::string field = {}, std::string file =
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
 
   bool ok() const { return v_.index() == 0; }
@@ -64,17 +64,16 @@ inline Status ok_status() { return Ok{}; }
 }  // namespace whale
 
 // Propagates an error from an expression returning Result<...>.
-#define WHALE_TRY(expr)                                  \
-  do {                                                   \
-    auto whale_try_result_ = (expr);                     \
+#define WHALE_TRY(expr)                                            \
+  do {                                                             \
+    auto whale_try_result_ = (expr);                               \
     if (!whale_try_result_.ok()) return whale_try_result_.error(); \
   } while (0)
 
 #define WHALE_CONCAT_INNER(a, b) a##b
 #define WHALE_CONCAT(a, b) WHALE_CONCAT_INNER(a, b)
 // Declares `lhs` from a Result<T> expression, or returns its error.
-#define WHALE_ASSIGN_OR_RETURN(lhs, expr)                              \
-  auto WHALE_CONCAT(whale_res_, __LINE__) = (expr);                    \
-  if (!WHALE_CONCAT(whale_res_, __LINE__).ok())                        \
-    return WHALE_CONCAT(whale_res_, __LINE__).error();                 \
+#define WHALE_ASSIGN_OR_RETURN(lhs, expr)                                                          \
+  auto WHALE_CONCAT(whale_res_, __LINE__) = (expr);                                                \
+  if (!WHALE_CONCAT(whale_res_, __LINE__).ok()) return WHALE_CONCAT(whale_res_, __LINE__).error(); \
   lhs = std::move(WHALE_CONCAT(whale_res_, __LINE__)).value()

@@ -8,7 +8,8 @@ TensorView TensorView::contiguous(DType dtype, const void* data, std::vector<int
   v.data = data;
   v.strides.assign(shape.size(), 1);
   for (int i = static_cast<int>(shape.size()) - 2; i >= 0; --i) {
-    v.strides[static_cast<size_t>(i)] = v.strides[static_cast<size_t>(i) + 1] * shape[static_cast<size_t>(i) + 1];
+    v.strides[static_cast<size_t>(i)] =
+        v.strides[static_cast<size_t>(i) + 1] * shape[static_cast<size_t>(i) + 1];
   }
   v.shape = std::move(shape);
   return v;
@@ -23,7 +24,8 @@ int64_t TensorView::numel() const {
 bool TensorView::is_contiguous() const {
   int64_t expect = 1;
   for (int i = rank() - 1; i >= 0; --i) {
-    if (shape[static_cast<size_t>(i)] != 1 && strides[static_cast<size_t>(i)] != expect) return false;
+    if (shape[static_cast<size_t>(i)] != 1 && strides[static_cast<size_t>(i)] != expect)
+      return false;
     expect *= shape[static_cast<size_t>(i)];
   }
   return true;

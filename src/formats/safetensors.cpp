@@ -57,8 +57,8 @@ Result<StoredTensor> parse_entry(const std::string& name, const json& entry, con
   }
 
   const auto off = entry.find("data_offsets");
-  if (off == entry.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
-      !(*off)[1].is_number_unsigned()) {
+  if (off == entry.end() || !off->is_array() || off->size() != 2 ||
+      !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned()) {
     return make_error("data_offsets must be [begin, end] with non-negative integers", name, path);
   }
   const uint64_t begin = (*off)[0].get<uint64_t>(), end = (*off)[1].get<uint64_t>();
@@ -69,9 +69,9 @@ Result<StoredTensor> parse_entry(const std::string& name, const json& entry, con
                       name, path, "the file is truncated or its header is wrong");
   }
   if (end - begin != static_cast<uint64_t>(nbytes)) {
-    return make_error("shape " + shape_to_string(shape) + " of " +
-                          std::string(dtype_name(*dtype)) + " needs " + std::to_string(nbytes) +
-                          " bytes but data_offsets span " + std::to_string(end - begin),
+    return make_error("shape " + shape_to_string(shape) + " of " + std::string(dtype_name(*dtype)) +
+                          " needs " + std::to_string(nbytes) + " bytes but data_offsets span " +
+                          std::to_string(end - begin),
                       name, path);
   }
   StoredTensor t;
@@ -97,7 +97,8 @@ Result<std::map<std::string, StoredTensor>> parse_safetensors_header(
     if (name == "__metadata__") {
       if (!entry.is_object()) return make_error("__metadata__ is not an object", name, path);
       for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) return make_error("metadata values must be strings", name + "." + k, path);
+        if (!v.is_string())
+          return make_error("metadata values must be strings", name + "." + k, path);
         if (metadata) (*metadata)[k] = v.get<std::string>();
       }
       continue;
@@ -134,24 +135,27 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string
   WHALE_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
   const uint64_t size = mapped->size();
   if (size < 8) {
-    return make_error("file is too short for a safetensors header (" + std::to_string(size) +
-                          " bytes)", {}, path, "the file is truncated");
+    return make_error(
+        "file is too short for a safetensors header (" + std::to_string(size) + " bytes)", {}, path,
+        "the file is truncated");
   }
   const uint64_t header_len = read_le_u64(mapped->data());
   if (header_len > kMaxSafetensorsHeader) {
     return make_error("header length " + std::to_string(header_len) + " exceeds the limit of " +
-                          std::to_string(kMaxSafetensorsHeader) + " bytes", {}, path,
-                      "this is not a safetensors file or it is corrupt");
+                          std::to_string(kMaxSafetensorsHeader) + " bytes",
+                      {}, path, "this is not a safetensors file or it is corrupt");
   }
   if (header_len > size - 8) {
     return make_error("header length " + std::to_string(header_len) + " runs past the end of the " +
-                          std::to_string(size) + "-byte file", {}, path, "the file is truncated");
+                          std::to_string(size) + "-byte file",
+                      {}, path, "the file is truncated");
   }
   std::string header(reinterpret_cast<const char*>(mapped->data() + 8), header_len);
   auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
   const uint8_t* data = mapped->data() + 8 + header_len;
-  WHALE_ASSIGN_OR_RETURN(file->tensors_, parse_safetensors_header(header, data, size - 8 - header_len,
-                                                                   path, &file->metadata_));
+  WHALE_ASSIGN_OR_RETURN(
+      file->tensors_,
+      parse_safetensors_header(header, data, size - 8 - header_len, path, &file->metadata_));
   file->file_ = std::move(mapped);
   return file;
 }
@@ -191,7 +195,8 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
     weight_map = *wm;
     std::set<std::string> unique;
     for (const auto& [name, file] : weight_map.items()) {
-      if (!file.is_string()) return make_error("shard name must be a string", "weight_map." + name, index_path.string());
+      if (!file.is_string())
+        return make_error("shard name must be a string", "weight_map." + name, index_path.string());
       const std::string f = file.get<std::string>();
       // Shards must be plain file names inside the directory: never read outside it.
       if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
@@ -202,7 +207,8 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
     }
   } else {
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      if (entry.path().extension() == ".safetensors") shard_names.push_back(entry.path().filename());
+      if (entry.path().extension() == ".safetensors")
+        shard_names.push_back(entry.path().filename());
     }
     std::sort(shard_names.begin(), shard_names.end());
     if (shard_names.empty()) {
@@ -250,7 +256,8 @@ std::string make_header(const std::vector<SafetensorsStreamWriter::Entry>& entri
     uint64_t numel = 1;
     for (int64_t d : e.shape) numel *= static_cast<uint64_t>(d);
     const uint64_t bytes = numel * static_cast<uint64_t>(dtype_size(e.dtype));
-    header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape},
+    header[e.name] = {{"dtype", dtype_name(e.dtype)},
+                      {"shape", e.shape},
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
@@ -265,7 +272,8 @@ Result<FILE*> open_with_header(const std::string& tmp, const std::string& header
   if (!f) return make_error(std::string("cannot write: ") + std::strerror(errno), {}, tmp);
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{header.size()} >> (8 * i));
-  if (std::fwrite(len, 1, 8, f) != 8 || std::fwrite(header.data(), 1, header.size(), f) != header.size()) {
+  if (std::fwrite(len, 1, 8, f) != 8 ||
+      std::fwrite(header.data(), 1, header.size(), f) != header.size()) {
     std::fclose(f);
     std::remove(tmp.c_str());
     return make_error("write failed", {}, tmp);
@@ -293,7 +301,8 @@ SafetensorsStreamWriter::~SafetensorsStreamWriter() {
 
 Status SafetensorsStreamWriter::write(const void* data, size_t bytes) {
   if (!file_) return make_error("writer is closed", {}, path_);
-  if (written_ + bytes > expected_) return make_error("more bytes than the header declares", {}, path_);
+  if (written_ + bytes > expected_)
+    return make_error("more bytes than the header declares", {}, path_);
   if (std::fwrite(data, 1, bytes, file_) != bytes) {
     return make_error(std::string("write failed: ") + std::strerror(errno), {}, path_);
   }
@@ -310,8 +319,8 @@ Status SafetensorsStreamWriter::finish() {
   if (closed && written_ == expected_) std::filesystem::rename(tmp, path_, ec);
   if (!closed || written_ != expected_ || ec) {
     std::remove(tmp.c_str());
-    return make_error(written_ != expected_ ? "fewer bytes than the header declares" : "write failed",
-                      {}, path_);
+    return make_error(
+        written_ != expected_ ? "fewer bytes than the header declares" : "write failed", {}, path_);
   }
   return ok_status();
 }
@@ -323,7 +332,7 @@ Status write_safetensors(const std::string& path, const std::vector<TensorToWrit
   uint64_t data_bytes = 0;
   const std::string header = make_header(entries, metadata, &data_bytes);
   const std::string tmp = path + ".tmp";
-  WHALE_ASSIGN_OR_RETURN(FILE* f, open_with_header(tmp, header));
+  WHALE_ASSIGN_OR_RETURN(FILE * f, open_with_header(tmp, header));
   bool ok = true;
   for (const auto& t : tensors) {
     int64_t numel = 1;

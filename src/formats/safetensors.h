@@ -18,7 +18,8 @@
 
 namespace whale {
 
-// Largest header accepted; real headers are well under 1 MiB per shard (safetensors caps at 100 MB).
+// Largest header accepted; real headers are well under 1 MiB per shard (safetensors caps at 100
+// MB).
 inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
 
 struct StoredTensor {

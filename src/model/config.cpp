@@ -102,9 +102,7 @@ class FieldReader {
     return v->get<std::string>();
   }
 
-  static std::string type_of(const json& v) {
-    return std::string(v.type_name());
-  }
+  static std::string type_of(const json& v) { return std::string(v.type_name()); }
 
  private:
   const json& obj_;
@@ -112,7 +110,8 @@ class FieldReader {
   std::string path_;
 };
 
-Result<YarnScaling> parse_yarn(const json& obj, const std::string& prefix, const std::string& path) {
+Result<YarnScaling> parse_yarn(const json& obj, const std::string& prefix,
+                               const std::string& path) {
   FieldReader r(obj, prefix, path);
   std::string type;
   if (r.has("type")) {
@@ -156,9 +155,8 @@ Result<Fp8Quantization> parse_quantization(const json& obj, const std::string& p
   WHALE_ASSIGN_OR_RETURN(q.activation_scheme, r.string("activation_scheme", "dynamic"));
   const json* bs = r.find("weight_block_size");
   if (!bs || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
-      !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() < 1 ||
-      (*bs)[1].get<int64_t>() < 1 || (*bs)[0].get<int64_t>() > kMaxDim ||
-      (*bs)[1].get<int64_t>() > kMaxDim) {
+      !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() < 1 || (*bs)[1].get<int64_t>() < 1 ||
+      (*bs)[0].get<int64_t>() > kMaxDim || (*bs)[1].get<int64_t>() > kMaxDim) {
     return r.error("weight_block_size", "must be [rows, cols] with positive integers");
   }
   q.block_rows = (*bs)[0].get<int64_t>();
@@ -185,15 +183,15 @@ Status validate(const ModelConfig& c, const FieldReader& r) {
     }
     if (c.topk_group > c.n_group) return r.error("topk_group", "must not exceed n_group");
     const int64_t per_group = c.n_routed_experts / c.n_group;
-    if (c.topk_method != TopkMethod::kGreedy &&
-        c.num_experts_per_tok > c.topk_group * per_group) {
-      return r.error("num_experts_per_tok",
-                     "top-k " + std::to_string(c.num_experts_per_tok) +
-                         " is larger than the " + std::to_string(c.topk_group * per_group) +
-                         " experts that topk_group groups hold");
+    if (c.topk_method != TopkMethod::kGreedy && c.num_experts_per_tok > c.topk_group * per_group) {
+      return r.error("num_experts_per_tok", "top-k " + std::to_string(c.num_experts_per_tok) +
+                                                " is larger than the " +
+                                                std::to_string(c.topk_group * per_group) +
+                                                " experts that topk_group groups hold");
     }
     if (c.topk_method == TopkMethod::kNoauxTc && per_group < 2) {
-      return r.error("n_group", "noaux_tc ranks groups by their top-2 experts: each group needs at least 2");
+      return r.error("n_group",
+                     "noaux_tc ranks groups by their top-2 experts: each group needs at least 2");
     }
   }
   if (c.first_k_dense_replace > c.num_hidden_layers) {
@@ -201,11 +199,14 @@ Status validate(const ModelConfig& c, const FieldReader& r) {
   }
   if (c.family == Family::kDeepseekV3 &&
       (c.scoring_func != ScoringFunc::kSigmoid || c.topk_method != TopkMethod::kNoauxTc)) {
-    return r.error("topk_method", "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\"");
+    return r.error("topk_method",
+                   "deepseek_v3 routes with scoring_func \"sigmoid\" and topk_method \"noaux_tc\"");
   }
   if (c.family == Family::kDeepseekV2 &&
       (c.scoring_func != ScoringFunc::kSoftmax || c.topk_method == TopkMethod::kNoauxTc)) {
-    return r.error("topk_method", "deepseek_v2 routes with scoring_func \"softmax\" and topk_method \"greedy\" or \"group_limited_greedy\"");
+    return r.error("topk_method",
+                   "deepseek_v2 routes with scoring_func \"softmax\" and topk_method \"greedy\" or "
+                   "\"group_limited_greedy\"");
   }
   return ok_status();
 }
@@ -272,7 +273,8 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
   } else if (scoring == "softmax") {
     c.scoring_func = ScoringFunc::kSoftmax;
   } else {
-    return r.error("scoring_func", "unsupported \"" + scoring + "\"", "expected sigmoid or softmax");
+    return r.error("scoring_func", "unsupported \"" + scoring + "\"",
+                   "expected sigmoid or softmax");
   }
   WHALE_ASSIGN_OR_RETURN(std::string topk, r.string("topk_method", v3 ? "noaux_tc" : "greedy"));
   if (topk == "noaux_tc") {
@@ -286,18 +288,22 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
                    "expected noaux_tc, greedy or group_limited_greedy");
   }
   WHALE_ASSIGN_OR_RETURN(c.norm_topk_prob, r.boolean("norm_topk_prob", v3));
-  WHALE_ASSIGN_OR_RETURN(c.first_k_dense_replace, r.integer("first_k_dense_replace", 0, kMaxLayers, 0));
+  WHALE_ASSIGN_OR_RETURN(c.first_k_dense_replace,
+                         r.integer("first_k_dense_replace", 0, kMaxLayers, 0));
   WHALE_ASSIGN_OR_RETURN(c.moe_layer_freq, r.integer("moe_layer_freq", 1, kMaxLayers, 1));
   WHALE_ASSIGN_OR_RETURN(c.rms_norm_eps, r.number("rms_norm_eps", 1e-30, 1.0));
   WHALE_ASSIGN_OR_RETURN(c.max_position_embeddings,
                          r.integer("max_position_embeddings", 1, int64_t{1} << 32));
-  WHALE_ASSIGN_OR_RETURN(c.num_nextn_predict_layers, r.integer("num_nextn_predict_layers", 0, 16, 0));
+  WHALE_ASSIGN_OR_RETURN(c.num_nextn_predict_layers,
+                         r.integer("num_nextn_predict_layers", 0, 16, 0));
   WHALE_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.boolean("tie_word_embeddings", false));
   if (r.has("bos_token_id")) {
-    WHALE_ASSIGN_OR_RETURN(c.bos_token_id, r.nullable_integer("bos_token_id", 0, c.vocab_size - 1, true));
+    WHALE_ASSIGN_OR_RETURN(c.bos_token_id,
+                           r.nullable_integer("bos_token_id", 0, c.vocab_size - 1, true));
   }
   if (r.has("eos_token_id") && r.find("eos_token_id")->is_number_integer()) {
-    WHALE_ASSIGN_OR_RETURN(c.eos_token_id, r.nullable_integer("eos_token_id", 0, c.vocab_size - 1, true));
+    WHALE_ASSIGN_OR_RETURN(c.eos_token_id,
+                           r.nullable_integer("eos_token_id", 0, c.vocab_size - 1, true));
   }
   WHALE_ASSIGN_OR_RETURN(std::string act, r.string("hidden_act", "silu"));
   if (act != "silu") return r.error("hidden_act", "unsupported activation \"" + act + "\"");

@@ -24,15 +24,15 @@ struct YarnScaling {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 1.0;          // 0 when absent in the file
-  double mscale_all_dim = 0.0;  // 0 when absent in the file
+  double mscale = 1.0;                     // 0 when absent in the file
+  double mscale_all_dim = 0.0;             // 0 when absent in the file
   std::optional<double> attention_factor;  // explicit cos/sin amplitude, rarely present
 };
 
 struct Fp8Quantization {
-  int64_t block_rows = 128;  // weight_block_size[0], along the output dimension
-  int64_t block_cols = 128;  // weight_block_size[1], along the input dimension
-  bool scale_ue8m0 = false;  // scale_fmt "ue8m0": every scale is a power of two (V3.1+)
+  int64_t block_rows = 128;       // weight_block_size[0], along the output dimension
+  int64_t block_cols = 128;       // weight_block_size[1], along the input dimension
+  bool scale_ue8m0 = false;       // scale_fmt "ue8m0": every scale is a power of two (V3.1+)
   std::string activation_scheme;  // "dynamic" in released checkpoints
 };
 
@@ -41,20 +41,20 @@ struct ModelConfig {
   std::string model_type;
 
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;                    // d
-  int64_t num_hidden_layers = 0;              // main layers; MTP layers are stored after them
-  int64_t num_attention_heads = 0;            // H
-  int64_t num_key_value_heads = 0;            // unused by MLA, kept for `whale info`
-  std::optional<int64_t> q_lora_rank;         // nullopt: plain q_proj (V2-Lite)
-  int64_t kv_lora_rank = 0;                   // width of the cached latent
+  int64_t hidden_size = 0;             // d
+  int64_t num_hidden_layers = 0;       // main layers; MTP layers are stored after them
+  int64_t num_attention_heads = 0;     // H
+  int64_t num_key_value_heads = 0;     // unused by MLA, kept for `whale info`
+  std::optional<int64_t> q_lora_rank;  // nullopt: plain q_proj (V2-Lite)
+  int64_t kv_lora_rank = 0;            // width of the cached latent
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
-  int64_t intermediate_size = 0;              // dense FFN width
-  int64_t moe_intermediate_size = 0;          // width of each routed and shared expert
+  int64_t intermediate_size = 0;      // dense FFN width
+  int64_t moe_intermediate_size = 0;  // width of each routed and shared expert
   int64_t n_routed_experts = 0;
   int64_t n_shared_experts = 0;
-  int64_t num_experts_per_tok = 0;            // top-k
+  int64_t num_experts_per_tok = 0;  // top-k
   int64_t n_group = 1;
   int64_t topk_group = 1;
   double routed_scaling_factor = 1.0;
@@ -67,7 +67,7 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   std::optional<YarnScaling> rope_scaling;
   int64_t max_position_embeddings = 0;
-  int64_t num_nextn_predict_layers = 0;       // MTP modules stored as layers N, N+1, ...
+  int64_t num_nextn_predict_layers = 0;  // MTP modules stored as layers N, N+1, ...
   bool tie_word_embeddings = false;
   std::optional<int64_t> bos_token_id;
   std::optional<int64_t> eos_token_id;

@@ -34,7 +34,8 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   } else {
     ops.matmul(q.data(), H * dq, x, d, n, w.q_proj);
   }
-  ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(), ctx.rope.amplitude);
+  ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(),
+           ctx.rope.amplitude);
 
   // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw).
   Buffer kv = zeros(n * width);  // [n, kv_lora + rope]

@@ -21,8 +21,10 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* ckpt) {
     if (spec.routed_expert) routed += numel;
   }
   s.params_active = s.params_total - routed;
-  if (c.n_routed_experts > 0) s.params_active += routed / c.n_routed_experts * c.num_experts_per_tok;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) (c.is_moe_layer(l) ? s.moe_layers : s.dense_layers)++;
+  if (c.n_routed_experts > 0)
+    s.params_active += routed / c.n_routed_experts * c.num_experts_per_tok;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    (c.is_moe_layer(l) ? s.moe_layers : s.dense_layers)++;
   s.kv_cache_bytes_per_token_bf16 = c.num_hidden_layers * c.kv_cache_width() * 2;
   s.kv_cache_bytes_per_token_f32 = c.num_hidden_layers * c.kv_cache_width() * 4;
   if (ckpt) {

@@ -81,7 +81,8 @@ void route_token(const ModelConfig& c, const float* logits, const float* bias, i
       return a + b;
     });
   } else if (c.topk_method == TopkMethod::kGroupLimitedGreedy) {
-    keep_best_groups(c, &choice, [](const float* s, int64_t m) { return *std::max_element(s, s + m); });
+    keep_best_groups(c, &choice,
+                     [](const float* s, int64_t m) { return *std::max_element(s, s + m); });
   }
   const std::vector<int32_t> chosen = top_k(choice, c.num_experts_per_tok);
   double sum = 0;
@@ -100,8 +101,8 @@ void route_token(const ModelConfig& c, const float* logits, const float* bias, i
   }
 }
 
-void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights& w,
-                 const float* x, int64_t n, float* out) {
+void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights& w, const float* x,
+                 int64_t n, float* out) {
   const int64_t d = c.hidden_size, e = c.n_routed_experts, k = c.num_experts_per_tok;
   std::vector<float> logits(static_cast<size_t>(n * e));  // [n, E], in f32 like transformers
   ops.matmul(logits.data(), e, x, d, n, w.router);
@@ -118,7 +119,8 @@ void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights
                 chosen.data() + t * k, weight.data() + t * k);
   }
   std::vector<std::vector<int64_t>> rows_of(static_cast<size_t>(e));  // (t·k + j) per expert
-  for (int64_t i = 0; i < n * k; ++i) rows_of[static_cast<size_t>(chosen[static_cast<size_t>(i)])].push_back(i);
+  for (int64_t i = 0; i < n * k; ++i)
+    rows_of[static_cast<size_t>(chosen[static_cast<size_t>(i)])].push_back(i);
 
   if (c.n_shared_experts > 0) {
     ffn_forward(ops, w.shared, x, n, out);
@@ -132,7 +134,8 @@ void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights
     const auto m = static_cast<int64_t>(rows.size());
     xs.resize(static_cast<size_t>(m * d));  // [m, d] gathered inputs
     ys.resize(xs.size());
-    for (int64_t i = 0; i < m; ++i) std::copy_n(x + rows[static_cast<size_t>(i)] / k * d, d, xs.data() + i * d);
+    for (int64_t i = 0; i < m; ++i)
+      std::copy_n(x + rows[static_cast<size_t>(i)] / k * d, d, xs.data() + i * d);
     ffn_forward(ops, w.experts[static_cast<size_t>(ex)], xs.data(), m, ys.data());
     for (int64_t i = 0; i < m; ++i) {
       const int64_t slot = rows[static_cast<size_t>(i)];

@@ -24,7 +24,7 @@ void route_token(const ModelConfig& c, const float* logits, const float* bias, i
                  float* weights);
 
 // out[n, d] = Σ_k w_k·Expert_k(x) + Shared(x). Allocates its scratch.
-void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights& w,
-                 const float* x, int64_t n, float* out);
+void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights& w, const float* x,
+                 int64_t n, float* out);
 
 }  // namespace whale::model

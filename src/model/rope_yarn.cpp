@@ -24,7 +24,8 @@ RopeTables make_rope_tables(const ModelConfig& c) {
   // Dimension whose wavelength completes `rotations` turns over the original context.
   auto correction_dim = [&](double rotations) {
     return double(dim) *
-           std::log(double(y.original_max_position_embeddings) / (rotations * 2 * std::numbers::pi)) /
+           std::log(double(y.original_max_position_embeddings) /
+                    (rotations * 2 * std::numbers::pi)) /
            (2 * std::log(c.rope_theta));
   };
   const double low = std::max(std::floor(correction_dim(y.beta_fast)), 0.0);
@@ -33,7 +34,8 @@ RopeTables make_rope_tables(const ModelConfig& c) {
   for (int64_t i = 0; i < dim / 2; ++i) {
     const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
     const double base = t.inv_freq[static_cast<size_t>(i)];
-    t.inv_freq[static_cast<size_t>(i)] = static_cast<float>(base * (1 - ramp) + base / y.factor * ramp);
+    t.inv_freq[static_cast<size_t>(i)] =
+        static_cast<float>(base * (1 - ramp) + base / y.factor * ramp);
   }
   // transformers' rule: explicit attention_factor, else mscale ratio when both are given,
   // else the plain YaRN correction. Released DeepSeek configs give 1.

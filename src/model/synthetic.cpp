@@ -22,7 +22,9 @@ struct Rng {
     return z ^ (z >> 31);
   }
   // Uniform in [-1, 1).
-  float uniform() { return static_cast<float>(static_cast<double>(next() >> 40) / double(1 << 23) - 1.0); }
+  float uniform() {
+    return static_cast<float>(static_cast<double>(next() >> 40) / double(1 << 23) - 1.0);
+  }
 };
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -49,15 +51,20 @@ Status write_synthetic_checkpoint(const ModelConfig& c, const std::string& confi
   for (const TensorSpec& s : specs) {
     if (!s.required && s.group == TensorGroup::kMain) continue;  // tied head
     const bool fp8 = c.fp8 && s.fp8_in_release;
-    entries.push_back({s.checkpoint, fp8 ? DType::kF8E4M3 : (s.checkpoint.ends_with("e_score_correction_bias")
-                                                                ? DType::kF32 : DType::kBF16),
-                       s.shape});
+    entries.push_back(
+        {s.checkpoint,
+         fp8 ? DType::kF8E4M3
+             : (s.checkpoint.ends_with("e_score_correction_bias") ? DType::kF32 : DType::kBF16),
+         s.shape});
     if (fp8) {
-      entries.push_back({s.checkpoint + "_scale_inv", DType::kF32,
-                         {ceil_div(s.shape[0], c.fp8->block_rows), ceil_div(s.shape[1], c.fp8->block_cols)}});
+      entries.push_back(
+          {s.checkpoint + "_scale_inv",
+           DType::kF32,
+           {ceil_div(s.shape[0], c.fp8->block_rows), ceil_div(s.shape[1], c.fp8->block_cols)}});
     }
   }
-  WHALE_ASSIGN_OR_RETURN(auto writer, SafetensorsStreamWriter::create(model_path.string(), entries));
+  WHALE_ASSIGN_OR_RETURN(auto writer,
+                         SafetensorsStreamWriter::create(model_path.string(), entries));
 
   Rng rng{options.seed};
   const float amplitude = options.std * std::sqrt(3.0f);  // uniform[-a, a] has std a/√3
@@ -75,10 +82,12 @@ Status write_synthetic_checkpoint(const ModelConfig& c, const std::string& confi
       for (int64_t i = 0; i < m; ++i) {
         switch (e.dtype) {
           case DType::kBF16:
-            reinterpret_cast<uint16_t*>(buf.data())[i] = f32_to_bf16(is_norm ? 1.0f : amplitude * rng.uniform());
+            reinterpret_cast<uint16_t*>(buf.data())[i] =
+                f32_to_bf16(is_norm ? 1.0f : amplitude * rng.uniform());
             break;
           case DType::kF32:  // a block scale, or the router's correction bias (0)
-            reinterpret_cast<float*>(buf.data())[i] = is_scale ? amplitude / 448.0f : 0.0f;  // codes reach ±448
+            reinterpret_cast<float*>(buf.data())[i] =
+                is_scale ? amplitude / 448.0f : 0.0f;  // codes reach ±448
             break;
           default: {  // any finite e4m3 code (0x7F / 0xFF are NaN)
             const auto code = static_cast<uint8_t>(rng.next() >> 56);

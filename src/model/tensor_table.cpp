@@ -8,8 +8,8 @@ struct TableBuilder {
   std::vector<TensorSpec>& specs;
   TensorGroup group = TensorGroup::kMain;
 
-  void add(std::string logical, std::string checkpoint, std::vector<int64_t> shape,
-           TensorKind kind, Matrix* dest, bool routed_expert = false, bool fp8 = false) {
+  void add(std::string logical, std::string checkpoint, std::vector<int64_t> shape, TensorKind kind,
+           Matrix* dest, bool routed_expert = false, bool fp8 = false) {
     TensorSpec s;
     s.logical = std::move(logical);
     s.checkpoint = std::move(checkpoint);
@@ -26,9 +26,12 @@ struct TableBuilder {
   void ffn(const std::string& logical, const std::string& prefix, int64_t width, FfnWeights* w,
            bool routed = false) {
     const int64_t d = c.hidden_size;
-    add(logical + ".gate", prefix + "gate_proj.weight", {width, d}, TensorKind::kLinear, &w->gate, routed, true);
-    add(logical + ".up", prefix + "up_proj.weight", {width, d}, TensorKind::kLinear, &w->up, routed, true);
-    add(logical + ".down", prefix + "down_proj.weight", {d, width}, TensorKind::kLinear, &w->down, routed, true);
+    add(logical + ".gate", prefix + "gate_proj.weight", {width, d}, TensorKind::kLinear, &w->gate,
+        routed, true);
+    add(logical + ".up", prefix + "up_proj.weight", {width, d}, TensorKind::kLinear, &w->up, routed,
+        true);
+    add(logical + ".down", prefix + "down_proj.weight", {d, width}, TensorKind::kLinear, &w->down,
+        routed, true);
   }
 
   void layer(int64_t l, LayerWeights* w) {
@@ -36,7 +39,8 @@ struct TableBuilder {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string b = "blk." + std::to_string(l) + ".";
     add(b + "attn_norm", p + "input_layernorm.weight", {d}, TensorKind::kVector, &w->attn_norm);
-    add(b + "ffn_norm", p + "post_attention_layernorm.weight", {d}, TensorKind::kVector, &w->ffn_norm);
+    add(b + "ffn_norm", p + "post_attention_layernorm.weight", {d}, TensorKind::kVector,
+        &w->ffn_norm);
 
     const std::string a = p + "self_attn.";
     AttentionWeights& at = w->attn;
@@ -44,17 +48,21 @@ struct TableBuilder {
       const int64_t q = *c.q_lora_rank;
       add(b + "attn.q_a", a + "q_a_proj.weight", {q, d}, TensorKind::kLinear, &at.q_a, false, true);
       add(b + "attn.q_a_norm", a + "q_a_layernorm.weight", {q}, TensorKind::kVector, &at.q_a_norm);
-      add(b + "attn.q_b", a + "q_b_proj.weight", {h * c.qk_head_dim(), q}, TensorKind::kLinear, &at.q_b, false, true);
+      add(b + "attn.q_b", a + "q_b_proj.weight", {h * c.qk_head_dim(), q}, TensorKind::kLinear,
+          &at.q_b, false, true);
     } else {
-      add(b + "attn.q", a + "q_proj.weight", {h * c.qk_head_dim(), d}, TensorKind::kLinear, &at.q_proj, false, true);
+      add(b + "attn.q", a + "q_proj.weight", {h * c.qk_head_dim(), d}, TensorKind::kLinear,
+          &at.q_proj, false, true);
     }
     add(b + "attn.kv_a", a + "kv_a_proj_with_mqa.weight", {c.kv_cache_width(), d},
         TensorKind::kLinear, &at.kv_a, false, true);
     add(b + "attn.kv_a_norm", a + "kv_a_layernorm.weight", {c.kv_lora_rank}, TensorKind::kVector,
         &at.kv_a_norm);
     add(b + "attn.kv_b", a + "kv_b_proj.weight",
-        {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorKind::kLinear, &at.kv_b, false, true);
-    add(b + "attn.o", a + "o_proj.weight", {d, h * c.v_head_dim}, TensorKind::kLinear, &at.o, false, true);
+        {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorKind::kLinear, &at.kv_b,
+        false, true);
+    add(b + "attn.o", a + "o_proj.weight", {d, h * c.v_head_dim}, TensorKind::kLinear, &at.o, false,
+        true);
 
     w->moe = c.is_moe_layer(l);
     if (!w->moe) {
@@ -131,14 +139,15 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     if (s.group == TensorGroup::kMtp) ++mtp_total;
     if (!t) {
       if (s.required) problems.push_back(s.checkpoint + ": missing");
-      if (s.group == TensorGroup::kMtp && first_missing_mtp.empty()) first_missing_mtp = s.checkpoint;
+      if (s.group == TensorGroup::kMtp && first_missing_mtp.empty())
+        first_missing_mtp = s.checkpoint;
       continue;
     }
     if (s.group == TensorGroup::kMtp) ++mtp_found;
     const TensorView& v = t->view;
     if (v.shape != s.shape) {
-      problems.push_back(s.checkpoint + ": shape " + shape_to_string(v.shape) + ", config.json implies " +
-                         shape_to_string(s.shape));
+      problems.push_back(s.checkpoint + ": shape " + shape_to_string(v.shape) +
+                         ", config.json implies " + shape_to_string(s.shape));
       continue;
     }
     if (!dtype_accepted(s.kind, v.dtype)) {
@@ -155,7 +164,8 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
 
     // FP8 block weights need their scales and the block size from quantization_config.
     if (!c.fp8) {
-      problems.push_back(s.checkpoint + ": F8_E4M3 weight but config.json has no fp8 quantization_config");
+      problems.push_back(s.checkpoint +
+                         ": F8_E4M3 weight but config.json has no fp8 quantization_config");
       continue;
     }
     const std::string scale_name = s.checkpoint + "_scale_inv";
@@ -168,8 +178,9 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     }
     if (st->view.shape != scale_shape ||
         (st->view.dtype != DType::kF32 && st->view.dtype != DType::kE8M0)) {
-      problems.push_back(scale_name + ": expected F32 or F8_E8M0 of shape " + shape_to_string(scale_shape) +
-                         ", found " + std::string(dtype_name(st->view.dtype)) + " " +
+      problems.push_back(scale_name + ": expected F32 or F8_E8M0 of shape " +
+                         shape_to_string(scale_shape) + ", found " +
+                         std::string(dtype_name(st->view.dtype)) + " " +
                          shape_to_string(st->view.shape));
       continue;
     }
@@ -180,7 +191,8 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     m.block_cols = c.fp8->block_cols;
   }
   if (mtp_found > 0 && mtp_found < mtp_total) {
-    problems.push_back(first_missing_mtp + ": missing (the checkpoint has some MTP tensors but not all)");
+    problems.push_back(first_missing_mtp +
+                       ": missing (the checkpoint has some MTP tensors but not all)");
   }
   if (!problems.empty()) {
     std::string msg = std::to_string(problems.size()) + " tensor problem(s): ";

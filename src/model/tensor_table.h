@@ -26,8 +26,8 @@ struct TensorSpec {
   TensorKind kind = TensorKind::kLinear;
   TensorGroup group = TensorGroup::kMain;
   bool required = true;
-  bool routed_expert = false;  // counted as k/E of its parameters per token
-  bool fp8_in_release = false; // stored as FP8 blocks in DeepSeek's FP8 releases
+  bool routed_expert = false;   // counted as k/E of its parameters per token
+  bool fp8_in_release = false;  // stored as FP8 blocks in DeepSeek's FP8 releases
   Matrix* dest = nullptr;
 };
 

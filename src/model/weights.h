@@ -11,14 +11,14 @@ namespace whale::model {
 using ops::Matrix;
 
 struct AttentionWeights {
-  Matrix q_proj;        // [H·(nope+rope), d]          only when q_lora_rank is null
-  Matrix q_a;           // [q_lora, d]
-  Matrix q_a_norm;      // [1, q_lora]
-  Matrix q_b;           // [H·(nope+rope), q_lora]      head h: rows h·(nope+rope) .. +nope = q_nope
-  Matrix kv_a;          // [kv_lora + rope, d]          c_kv first, then the shared rope key
-  Matrix kv_a_norm;     // [1, kv_lora]
-  Matrix kv_b;          // [H·(nope+v), kv_lora]        head h: W_UK rows then W_UV rows
-  Matrix o;             // [d, H·v]
+  Matrix q_proj;     // [H·(nope+rope), d]          only when q_lora_rank is null
+  Matrix q_a;        // [q_lora, d]
+  Matrix q_a_norm;   // [1, q_lora]
+  Matrix q_b;        // [H·(nope+rope), q_lora]      head h: rows h·(nope+rope) .. +nope = q_nope
+  Matrix kv_a;       // [kv_lora + rope, d]          c_kv first, then the shared rope key
+  Matrix kv_a_norm;  // [1, kv_lora]
+  Matrix kv_b;       // [H·(nope+v), kv_lora]        head h: W_UK rows then W_UV rows
+  Matrix o;          // [d, H·v]
 };
 
 struct FfnWeights {
@@ -39,26 +39,26 @@ struct LayerWeights {
   Matrix ffn_norm;   // [1, d] post_attention_layernorm
   AttentionWeights attn;
   bool moe = false;
-  FfnWeights dense;  // when !moe
+  FfnWeights dense;    // when !moe
   MoeWeights experts;  // when moe
 };
 
 // Multi-token prediction module (stored as layer num_hidden_layers + k).
 struct MtpWeights {
-  Matrix enorm;        // [1, d]
-  Matrix hnorm;        // [1, d]
-  Matrix eh_proj;      // [d, 2d]  input is [norm(embedding) ; norm(hidden)]
-  Matrix embed;        // [vocab, d]  copy of the main embedding
-  Matrix head_norm;    // [1, d]
-  Matrix head;         // [vocab, d]  copy of lm_head
+  Matrix enorm;      // [1, d]
+  Matrix hnorm;      // [1, d]
+  Matrix eh_proj;    // [d, 2d]  input is [norm(embedding) ; norm(hidden)]
+  Matrix embed;      // [vocab, d]  copy of the main embedding
+  Matrix head_norm;  // [1, d]
+  Matrix head;       // [vocab, d]  copy of lm_head
   LayerWeights layer;
 };
 
 struct ModelWeights {
-  Matrix embed;    // [vocab, d]
+  Matrix embed;  // [vocab, d]
   std::vector<LayerWeights> layers;
-  Matrix norm;     // [1, d]
-  Matrix lm_head;  // [vocab, d]
+  Matrix norm;                  // [1, d]
+  Matrix lm_head;               // [vocab, d]
   std::vector<MtpWeights> mtp;  // empty when the checkpoint carries no MTP tensors
 };
 

@@ -23,7 +23,7 @@ struct AttentionArgs {
   int64_t k_row = 0, k_head = 0;
   const float* v = nullptr;  // [n_kv, kv_heads, dv]
   int64_t v_row = 0, v_head = 0;
-  float* out = nullptr;      // [n_q, n_heads, dv]
+  float* out = nullptr;  // [n_q, n_heads, dv]
   int64_t out_row = 0, out_head = 0;
   const int32_t* q_pos = nullptr;  // [n_q]
   float scale = 1.0f;              // applied to q·k before the softmax

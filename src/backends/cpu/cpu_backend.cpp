@@ -61,14 +61,15 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
         for (int64_t t = 0; t < n; ++t) std::fill(y + t * ldy + c0, y + t * ldy + c1, 0.0f);
         for (int64_t r = 0; r < w.rows; ++r) {
           w.dequantize_row(r, c0, c1, row.data());
-          for (int64_t t = 0; t < n; ++t) axpy_(y + t * ldy + c0, row.data(), x[t * ldx + r], c1 - c0);
+          for (int64_t t = 0; t < n; ++t)
+            axpy_(y + t * ldy + c0, row.data(), x[t * ldx + r], c1 - c0);
         }
       },
       /*grain=*/64);
 }
 
-void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
-                         int64_t dim, const ops::Matrix& weight, float eps) const {
+void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
+                         const ops::Matrix& weight, float eps) const {
   std::vector<float> w(static_cast<size_t>(dim));
   weight.dequantize_row(0, 0, dim, w.data());
   pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
@@ -83,7 +84,8 @@ void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int
 void CpuBackend::embedding(float* y, const ops::Matrix& table, const int32_t* ids,
                            int64_t n) const {
   pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) table.dequantize_row(ids[t], 0, table.cols, y + t * table.cols);
+    for (int64_t t = t0; t < t1; ++t)
+      table.dequantize_row(ids[t], 0, table.cols, y + t * table.cols);
   });
 }
 

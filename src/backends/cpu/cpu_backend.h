@@ -29,9 +29,8 @@ class CpuBackend final : public ops::Backend {
   void rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
                const ops::Matrix& weight, float eps) const override;
   void embedding(float* y, const ops::Matrix& table, const int32_t* ids, int64_t n) const override;
-  void rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int64_t n_heads,
-            int64_t rope_dim, const int32_t* pos, const float* inv_freq,
-            float amplitude) const override;
+  void rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int64_t n_heads, int64_t rope_dim,
+            const int32_t* pos, const float* inv_freq, float amplitude) const override;
   void swiglu(float* y, int64_t ldy, const float* gate, const float* up, int64_t ld_in, int64_t n,
               int64_t dim) const override;
   void attention(const ops::AttentionArgs& a) const override;

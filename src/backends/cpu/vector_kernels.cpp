@@ -4,36 +4,36 @@ namespace whale::cpu {
 namespace {
 
 // 32 independent partial sums let the compiler keep several vector FMAs in flight.
-#define WHALE_DOT_BODY                                                  \
-  {                                                                     \
-    float acc[32] = {};                                                 \
-    int64_t i = 0;                                                      \
-    for (; i + 32 <= n; i += 32) {                                      \
-      for (int j = 0; j < 32; ++j) acc[j] += a[i + j] * b[i + j];       \
-    }                                                                   \
-    float s = 0;                                                        \
-    for (int j = 0; j < 32; ++j) s += acc[j];                           \
-    for (; i < n; ++i) s += a[i] * b[i];                                \
-    return s;                                                           \
+#define WHALE_DOT_BODY                                            \
+  {                                                               \
+    float acc[32] = {};                                           \
+    int64_t i = 0;                                                \
+    for (; i + 32 <= n; i += 32) {                                \
+      for (int j = 0; j < 32; ++j) acc[j] += a[i + j] * b[i + j]; \
+    }                                                             \
+    float s = 0;                                                  \
+    for (int j = 0; j < 32; ++j) s += acc[j];                     \
+    for (; i < n; ++i) s += a[i] * b[i];                          \
+    return s;                                                     \
   }
 
-#define WHALE_AXPY_BODY \
-  {                     \
+#define WHALE_AXPY_BODY                                   \
+  {                                                       \
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i]; \
   }
 
 float dot_portable(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
-void axpy_portable(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
+    void axpy_portable(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n)
-    WHALE_DOT_BODY
-__attribute__((target("avx2,fma"))) void axpy_avx2(float* y, const float* x, float alpha,
-                                                   int64_t n) WHALE_AXPY_BODY
-__attribute__((target("avx512f,fma"))) float dot_avx512(const float* a, const float* b, int64_t n)
-    WHALE_DOT_BODY
-__attribute__((target("avx512f,fma"))) void axpy_avx512(float* y, const float* x, float alpha,
-                                                        int64_t n) WHALE_AXPY_BODY
+    __attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b,
+                                                       int64_t n) WHALE_DOT_BODY
+    __attribute__((target("avx2,fma"))) void axpy_avx2(float* y, const float* x, float alpha,
+                                                       int64_t n) WHALE_AXPY_BODY
+    __attribute__((target("avx512f,fma"))) float dot_avx512(const float* a, const float* b,
+                                                            int64_t n) WHALE_DOT_BODY
+    __attribute__((target("avx512f,fma"))) void axpy_avx512(float* y, const float* x, float alpha,
+                                                            int64_t n) WHALE_AXPY_BODY
 #endif
 
 }  // namespace

@@ -27,8 +27,8 @@ void RefBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
   }
 }
 
-void RefBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
-                         int64_t dim, const Matrix& weight, float eps) const {
+void RefBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
+                         const Matrix& weight, float eps) const {
   for (int64_t t = 0; t < n; ++t) {
     double ss = 0;
     for (int64_t i = 0; i < dim; ++i) ss += double(x[t * ldx + i]) * x[t * ldx + i];
