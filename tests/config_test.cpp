@@ -140,6 +140,42 @@ TEST(Config, InconsistentValues) {
   EXPECT_NE(error_of(j).find("quantization_config.quant_method"), std::string::npos);
 }
 
+TEST(Config, HugeButInRangeValuesAreRejectedCheaply) {
+  json j = v3_json();
+  j["n_routed_experts"] = 0;
+  EXPECT_NE(error_of(j).find("n_routed_experts: must be in [1,"), std::string::npos) << error_of(j);
+  j = v3_json();
+  j["num_hidden_layers"] = 1000000000;
+  EXPECT_NE(error_of(j).find("num_hidden_layers: must be at most 256"), std::string::npos)
+      << error_of(j);
+  j = v3_json();
+  j["num_hidden_layers"] = 256;
+  j["n_routed_experts"] = 1024;
+  j["n_group"] = 8;
+  EXPECT_NE(error_of(j).find("layers × experts"), std::string::npos) << error_of(j);
+  j = v3_json();
+  j["hidden_size"] = 1 << 20;
+  j["intermediate_size"] = 1 << 20;
+  j["vocab_size"] = 1 << 24;
+  EXPECT_NE(error_of(j).find("parameters, beyond any model"), std::string::npos) << error_of(j);
+  j = v3_json();
+  j["eos_token_id"] = "x";
+  EXPECT_NE(error_of(j).find("eos_token_id: must be an integer"), std::string::npos) << error_of(j);
+  j["eos_token_id"] = {1, 2};
+  EXPECT_EQ(error_of(j), "");
+  j["rope_parameters"] = 5;
+  EXPECT_NE(error_of(j).find("rope_parameters: must be an object"), std::string::npos);
+}
+
+TEST(Config, YarnWithoutMscaleFollowsTransformers) {
+  // transformers: mscale absent → attention factor 0.1·ln(factor) + 1, not a ratio.
+  json j = v3_json();
+  j["rope_scaling"].erase("mscale");
+  auto c = parse_config(j.dump(), "config.json");
+  ASSERT_TRUE(c.ok());
+  EXPECT_NEAR(make_rope_tables(*c).amplitude, 0.1 * std::log(40.0) + 1, 1e-6);
+}
+
 TEST(Config, AcceptsV31ScaleFormatAndRopeParameters) {
   json j = v3_json();
   j["quantization_config"]["scale_fmt"] = "ue8m0";

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <stdexcept>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -114,6 +115,23 @@ TEST(ThreadPool, CoversRangeOnceWithEveryThread) {
   EXPECT_GE(available_cores(), 1);
   ThreadPool default_pool;
   EXPECT_EQ(default_pool.size(), available_cores());
+}
+
+TEST(ThreadPool, GrainAndExceptions) {
+  ThreadPool pool(4);
+  std::atomic<int> calls = 0;
+  pool.parallel_for(
+      10, [&](int64_t, int64_t) { calls++; }, /*grain=*/8);
+  EXPECT_EQ(calls.load(), 1);  // 10 items at grain 8 make one chunk
+  EXPECT_THROW(pool.parallel_for(100,
+                                 [](int64_t b, int64_t) {
+                                   if (b > 0) throw std::runtime_error("chunk failed");
+                                 }),
+               std::runtime_error);
+  // The pool still works afterwards.
+  std::atomic<int64_t> sum = 0;
+  pool.parallel_for(100, [&](int64_t b, int64_t e) { sum += e - b; });
+  EXPECT_EQ(sum.load(), 100);
 }
 
 }  // namespace

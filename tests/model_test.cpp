@@ -153,6 +153,14 @@ TEST(ModelForward, RejectsBadIdsAndFullCache) {
   const std::vector<int32_t> negative = {-1};
   EXPECT_FALSE(m->forward(cpu, negative, cache).ok());
   EXPECT_FALSE(m->forward(cpu, std::span<const int32_t>(), cache).ok());
+  KvCache other(m->config(), 4);
+  auto cfg = m->config();
+  cfg.kv_lora_rank += 1;
+  KvCache wrong(cfg, 4);
+  const std::vector<int32_t> one = {1};
+  r = m->forward(cpu, one, wrong);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().to_string().find("KV cache was made for another model"), std::string::npos);
   const std::vector<int32_t> five = {1, 2, 3, 4, 5};
   r = m->forward(cpu, five, cache);
   ASSERT_FALSE(r.ok());

@@ -75,5 +75,18 @@ TEST(Router, GroupLimitedGreedyRanksGroupsByMax) {
   EXPECT_NEAR(w[1], 16 * std::exp(-5.0) / z, 1e-6);
 }
 
+TEST(Router, V2NormalisesInsteadOfScaling) {
+  // DeepSeek's V2 code: with norm_topk_prob and top-k > 1 the weights are normalised and the
+  // routed_scaling_factor is not applied.
+  const ModelConfig c =
+      router_config(TopkMethod::kGreedy, ScoringFunc::kSoftmax, 4, 1, 1, 2, true, 16.0);
+  const float logits[4] = {0.0f, 2.0f, 1.0f, -1.0f};
+  int32_t idx[2];
+  float w[2];
+  route_token(c, logits, nullptr, idx, w);
+  EXPECT_NEAR(w[0], std::exp(2.0) / (std::exp(2.0) + std::exp(1.0)), 1e-6);
+  EXPECT_NEAR(w[0] + w[1], 1.0, 1e-6);
+}
+
 }  // namespace
 }  // namespace whale::model

@@ -4,7 +4,15 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+#include "core/error.h"
+
 namespace whale::app {
+
+// Exit status for input the user can fix: arguments, model files, token ids.
+inline constexpr int kExitBadInput = 2;
+
+// Prints "whale COMMAND: error" on stderr and returns kExitBadInput.
+int report(const char* command, const Error& error);
 
 struct InfoArgs {
   std::string model_dir;

@@ -35,22 +35,19 @@ std::string human(double v) {
 int run_info(const InfoArgs& args) {
   auto config = model::load_config(args.model_dir);
   if (!config.ok()) {
-    std::fprintf(stderr, "whale info: %s\n", config.error().to_string().c_str());
-    return 1;
+    return report("info", config.error());
   }
   const model::ModelConfig& c = *config;
   std::optional<Checkpoint> ckpt;
   if (!args.config_only) {
     auto opened = Checkpoint::open_dir(args.model_dir);
     if (!opened.ok()) {
-      std::fprintf(stderr, "whale info: %s\n", opened.error().to_string().c_str());
-      return 1;
+      return report("info", opened.error());
     }
     // Checks every tensor against the config, as loading would.
     auto bound = model::bind_weights(c, *opened);
     if (!bound.ok()) {
-      std::fprintf(stderr, "whale info: %s\n", bound.error().to_string().c_str());
-      return 1;
+      return report("info", bound.error());
     }
     ckpt = std::move(*opened);
   }

@@ -20,7 +20,8 @@ void add_logits_command(CLI::App& app, LogitsArgs& args) {
   cmd->add_option("--out", args.out,
                   "write all positions' logits as little-endian f32 [n_tokens, vocab_size]");
   cmd->add_flag("--naive", args.naive, "use the naive (expanded K/V) attention form");
-  cmd->add_option("--threads", args.threads, "threads (default: every core)");
+  cmd->add_option("--threads", args.threads, "threads (default: every core)")
+      ->check(CLI::Range(0, 1024));
 }
 
 namespace {
@@ -71,10 +72,7 @@ Status write_logits(const std::string& path, const std::vector<float>& logits) {
   return ok_status();
 }
 
-int fail(const Error& e) {
-  std::fprintf(stderr, "whale logits: %s\n", e.to_string().c_str());
-  return 1;
-}
+int fail(const Error& e) { return report("logits", e); }
 
 }  // namespace
 
@@ -92,7 +90,7 @@ int run_logits(const LogitsArgs& args) {
   cpu::CpuBackend backend(pool);
   model::KvCache cache(model->config(), static_cast<int64_t>(ids->size()));
   model::ForwardOptions options;
-  options.all_logits = true;
+  options.all_logits = !args.out.empty();  // every row only when they are written out
   options.attention = args.naive ? model::AttentionForm::kNaive : model::AttentionForm::kAbsorbed;
   auto logits = model->forward(backend, *ids, cache, options);
   if (!logits.ok()) return fail(logits.error());
@@ -101,7 +99,7 @@ int run_logits(const LogitsArgs& args) {
   if (!args.out.empty()) {
     if (auto s = write_logits(args.out, *logits); !s.ok()) return fail(s.error());
   }
-  const float* last = logits->data() + (static_cast<int64_t>(ids->size()) - 1) * vocab;
+  const float* last = logits->data() + static_cast<int64_t>(logits->size()) - vocab;
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
   const size_t k = std::min<size_t>(10, order.size());

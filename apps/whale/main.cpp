@@ -5,6 +5,15 @@
 
 #include "apps/whale/commands.h"
 
+namespace whale::app {
+
+int report(const char* command, const Error& error) {
+  std::fprintf(stderr, "whale %s: %s\n", command, error.to_string().c_str());
+  return kExitBadInput;
+}
+
+}  // namespace whale::app
+
 int main(int argc, char** argv) {
   CLI::App app{"whale: run DeepSeek-family models on commodity hardware"};
   app.require_subcommand(1);
@@ -17,7 +26,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int code = app.exit(e);  // prints help or the parse error
+    return code == 0 ? 0 : whale::app::kExitBadInput;
   }
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);

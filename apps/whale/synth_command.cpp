@@ -24,19 +24,16 @@ int run_synth(const SynthArgs& args) {
     path = (std::filesystem::path(path) / "config.json").string();
   auto text = read_text_file(path);
   if (!text.ok()) {
-    std::fprintf(stderr, "whale synth: %s\n", text.error().to_string().c_str());
-    return 1;
+    return report("synth", text.error());
   }
   auto config = model::parse_config(*text, path);
   if (!config.ok()) {
-    std::fprintf(stderr, "whale synth: %s\n", config.error().to_string().c_str());
-    return 1;
+    return report("synth", config.error());
   }
   model::SynthOptions options;
   options.seed = args.seed;
   if (auto s = model::write_synthetic_checkpoint(*config, *text, args.out_dir, options); !s.ok()) {
-    std::fprintf(stderr, "whale synth: %s\n", s.error().to_string().c_str());
-    return 1;
+    return report("synth", s.error());
   }
   std::printf("wrote %s\n", args.out_dir.c_str());
   return 0;

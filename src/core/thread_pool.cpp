@@ -3,6 +3,8 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <system_error>
+#include <utility>
 
 namespace whale {
 
@@ -13,7 +15,14 @@ int available_cores() {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : available_cores()) {
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n_threads_; ++i) {
+    try {
+      workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (const std::system_error&) {
+      n_threads_ = i;  // the system refused more threads: run with those we have
+      break;
+    }
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -29,7 +38,15 @@ void ThreadPool::run_chunk(int index) {
   if (index >= job_chunks_) return;
   const int64_t begin = job_n_ * index / job_chunks_;
   const int64_t end = job_n_ * (index + 1) / job_chunks_;
-  if (begin < end) (*job_)(begin, end);
+  if (begin >= end) return;
+  try {
+    (*job_)(begin, end);
+  } catch (...) {
+    // Kept for the caller; the other chunks still run to the end so that no worker touches
+    // the job after parallel_for returns.
+    std::lock_guard lock(mutex_);
+    if (!error_) error_ = std::current_exception();
+  }
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -58,6 +75,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
+  // No exception path before the workers start: they must all report back.
   {
     std::lock_guard lock(mutex_);
     job_ = &fn;
@@ -71,6 +89,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   std::unique_lock lock(mutex_);
   done_cv_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 }  // namespace whale

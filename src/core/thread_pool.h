@@ -3,6 +3,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -12,7 +13,8 @@ namespace whale {
 
 class ThreadPool {
  public:
-  // n_threads <= 0 uses every core the process may run on.
+  // n_threads <= 0 uses every core the process may run on. If the system refuses to start as
+  // many threads, the pool runs with fewer (see size()).
   explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -21,7 +23,8 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Splits [0, n) into contiguous chunks of at least `grain` items, runs fn(begin, end) on each,
-  // and blocks until all are done. Not reentrant: fn must not call parallel_for.
+  // and blocks until all are done. An exception thrown by fn is rethrown here once every chunk
+  // has finished. Not reentrant: fn must not call parallel_for.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
  private:
@@ -40,6 +43,7 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int job_chunks_ = 0;
+  std::exception_ptr error_;
 };
 
 // Number of cores this process may run on (sched affinity), at least 1.

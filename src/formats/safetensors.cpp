@@ -1,6 +1,7 @@
 #include "formats/safetensors.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +15,19 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
+
+// A plain file name ending in .safetensors: letters, digits, '.', '_', '-', not starting with
+// '.'. Symlinks are followed on purpose: the Hugging Face cache stores snapshots as symlinks
+// into its blob store.
+bool is_shard_name(const std::string& f) {
+  if (f.size() <= 12 || f[0] == '.' || !f.ends_with(".safetensors")) return false;
+  for (char ch : f) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') {
+      return false;
+    }
+  }
+  return true;
+}
 
 uint64_t read_le_u64(const uint8_t* p) {
   uint64_t v = 0;
@@ -39,14 +53,15 @@ Result<StoredTensor> parse_entry(const std::string& name, const json& entry, con
   const auto sh = entry.find("shape");
   if (sh == entry.end() || !sh->is_array()) return make_error("missing shape", name, path);
   std::vector<int64_t> shape;
-  int64_t numel = 1;
+  int64_t numel = 1, nonzero = 1;  // nonzero: product ignoring zero dims, bounds the strides
+  if (sh->size() > 8) return make_error("more than 8 dimensions", name, path);
   for (const auto& d : *sh) {
     if (!d.is_number_unsigned()) {
       return make_error("shape entries must be non-negative integers", name, path);
     }
     const uint64_t v = d.get<uint64_t>();
-    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-        !checked_mul(numel, static_cast<int64_t>(v), &numel)) {
+    if (v > (uint64_t{1} << 40) || !checked_mul(numel, static_cast<int64_t>(v), &numel) ||
+        !checked_mul(nonzero, std::max<int64_t>(1, static_cast<int64_t>(v)), &nonzero)) {
       return make_error("shape is too large", name, path);
     }
     shape.push_back(static_cast<int64_t>(v));
@@ -86,47 +101,65 @@ Result<StoredTensor> parse_entry(const std::string& name, const json& entry, con
 Result<std::map<std::string, StoredTensor>> parse_safetensors_header(
     const std::string& header_json, const uint8_t* data_section, uint64_t data_size,
     const std::string& path, std::map<std::string, std::string>* metadata) {
-  json header = json::parse(header_json, nullptr, /*allow_exceptions=*/false);
+  if (header_json.empty() || header_json[0] != '{') {
+    return make_error("header does not start with '{'", {}, path, "this is not a safetensors file");
+  }
+  // nlohmann keeps the last of duplicate keys; a header that names a tensor twice is corrupt.
+  std::string duplicate;
+  std::set<std::string> top_keys;
+  const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth == 1 && event == json::parse_event_t::key &&
+        !top_keys.insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  json header = json::parse(header_json, on_event, /*allow_exceptions=*/false);
   if (header.is_discarded()) return make_error("header is not valid JSON", {}, path);
   if (!header.is_object()) return make_error("header is not a JSON object", {}, path);
+  if (!duplicate.empty()) return make_error("appears twice in the header", duplicate, path);
 
   std::map<std::string, StoredTensor> tensors;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // (begin, end) for the overlap check
-  std::vector<const std::string*> range_names;
+  struct Range {
+    uint64_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Range> ranges;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) return make_error("__metadata__ is not an object", name, path);
       for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string())
+        if (!v.is_string()) {
           return make_error("metadata values must be strings", name + "." + k, path);
+        }
         if (metadata) (*metadata)[k] = v.get<std::string>();
       }
       continue;
     }
     WHALE_ASSIGN_OR_RETURN(StoredTensor t, parse_entry(name, entry, data_section, data_size, path));
     const auto begin = static_cast<uint64_t>(t.view.as<uint8_t>() - data_section);
-    ranges.emplace_back(begin, begin + static_cast<uint64_t>(t.view.nbytes()));
-    tensors.emplace(name, std::move(t));
+    const auto it = tensors.emplace(name, std::move(t)).first;
+    ranges.push_back({begin, begin + static_cast<uint64_t>(it->second.view.nbytes()), &it->first});
   }
-  // Overlap check: sort by begin and compare neighbours (empty tensors overlap nothing).
-  std::vector<size_t> order(ranges.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ranges[a] < ranges[b]; });
-  uint64_t covered_end = 0;
-  for (size_t i : order) {
-    const auto [begin, end] = ranges[i];
-    if (begin == end) continue;
-    if (begin < covered_end) {
-      // Find a name for the message.
-      for (const auto& [name, t] : tensors) {
-        if (static_cast<uint64_t>(t.view.as<uint8_t>() - data_section) == begin &&
-            static_cast<uint64_t>(t.view.nbytes()) == end - begin) {
-          return make_error("tensor data overlaps another tensor", name, path,
-                            "the header is corrupt");
-        }
-      }
+  // Like the safetensors library: tensors tile the data section exactly, without overlaps,
+  // gaps or trailing bytes.
+  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t covered = 0;
+  for (const Range& r : ranges) {
+    if (r.begin < covered) {
+      return make_error("data overlaps another tensor", *r.name, path, "the header is corrupt");
     }
-    covered_end = std::max(covered_end, end);
+    if (r.begin > covered) {
+      return make_error("gap of " + std::to_string(r.begin - covered) + " bytes before this tensor",
+                        *r.name, path, "the header is corrupt");
+    }
+    covered = r.end;
+  }
+  if (covered != data_size) {
+    return make_error(std::to_string(data_size - covered) + " bytes after the last tensor", {},
+                      path, "the file is longer than its header says");
   }
   return tensors;
 }
@@ -199,17 +232,19 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
         return make_error("shard name must be a string", "weight_map." + name, index_path.string());
       const std::string f = file.get<std::string>();
       // Shards must be plain file names inside the directory: never read outside it.
-      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+      if (!is_shard_name(f)) {
         return make_error("shard \"" + f + "\" is not a plain file name in the model directory",
                           "weight_map." + name, index_path.string());
       }
       if (unique.insert(f).second) shard_names.push_back(f);
     }
   } else {
-    for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      if (entry.path().extension() == ".safetensors")
-        shard_names.push_back(entry.path().filename());
+    fs::directory_iterator it(dir, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (is_shard_name(name)) shard_names.push_back(name);
     }
+    if (ec) return make_error("cannot list directory: " + ec.message(), {}, dir);
     std::sort(shard_names.begin(), shard_names.end());
     if (shard_names.empty()) {
       return make_error("no .safetensors files and no model.safetensors.index.json", {}, dir);

@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -15,9 +16,11 @@ using nlohmann::json;
 // Limits far above any released model (V3: hidden 7168, 61 layers, 256 experts) yet low enough
 // that parameter counts cannot overflow int64 and the tensor table stays small.
 constexpr int64_t kMaxDim = int64_t{1} << 20;
-constexpr int64_t kMaxLayers = 512;
-constexpr int64_t kMaxExperts = 4096;
+constexpr int64_t kMaxLayers = 256;
+constexpr int64_t kMaxExperts = 1024;
 constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxExpertMatrices = 1 << 16;  // layers × experts: the tensor table's size
+constexpr double kMaxParameters = 1e14;          // 60× DeepSeek-V4-Pro
 
 // Reads typed fields of one JSON object, naming the field in every error.
 class FieldReader {
@@ -130,7 +133,7 @@ Result<YarnScaling> parse_yarn(const json& obj, const std::string& prefix,
   // Defaults are transformers': beta 32/1, mscale 1, mscale_all_dim 0 (absent).
   WHALE_ASSIGN_OR_RETURN(y.beta_fast, r.number("beta_fast", 1e-6, 1e6, 32.0));
   WHALE_ASSIGN_OR_RETURN(y.beta_slow, r.number("beta_slow", 1e-6, 1e6, 1.0));
-  WHALE_ASSIGN_OR_RETURN(y.mscale, r.number("mscale", 0.0, 1e3, 1.0));
+  WHALE_ASSIGN_OR_RETURN(y.mscale, r.number("mscale", 0.0, 1e3, 0.0));
   WHALE_ASSIGN_OR_RETURN(y.mscale_all_dim, r.number("mscale_all_dim", 0.0, 1e3, 0.0));
   if (r.has("attention_factor")) {
     WHALE_ASSIGN_OR_RETURN(double af, r.number("attention_factor", 1e-6, 1e3));
@@ -193,6 +196,30 @@ Status validate(const ModelConfig& c, const FieldReader& r) {
       return r.error("n_group",
                      "noaux_tc ranks groups by their top-2 experts: each group needs at least 2");
     }
+  }
+  if ((c.num_hidden_layers + c.num_nextn_predict_layers) * c.n_routed_experts >
+      kMaxExpertMatrices) {
+    return r.error("n_routed_experts",
+                   "layers × experts exceeds " + std::to_string(kMaxExpertMatrices));
+  }
+  // Rough parameter count in floating point, so that later int64 sums cannot overflow.
+  const double d = double(c.hidden_size), h = double(c.num_attention_heads);
+  const double q = c.q_lora_rank ? double(*c.q_lora_rank) * (d + h * double(c.qk_head_dim()))
+                                 : d * h * double(c.qk_head_dim());
+  const double attention = q + d * double(c.kv_cache_width()) +
+                           double(c.kv_lora_rank) * h * double(c.qk_nope_head_dim + c.v_head_dim) +
+                           h * double(c.v_head_dim) * d;
+  const double ffn =
+      3 * d *
+      std::max(double(c.intermediate_size),
+               double(c.moe_intermediate_size) * double(c.n_routed_experts + c.n_shared_experts));
+  const double params =
+      double(c.num_hidden_layers + c.num_nextn_predict_layers) * (attention + ffn) +
+      4 * double(c.vocab_size) * d;
+  if (params > kMaxParameters) {
+    return r.error("hidden_size", "the configuration describes about " +
+                                      std::to_string(static_cast<int64_t>(params / 1e12)) +
+                                      "T parameters, beyond any model whale can hold");
   }
   if (c.first_k_dense_replace > c.num_hidden_layers) {
     return r.error("first_k_dense_replace", "is larger than num_hidden_layers");
@@ -260,9 +287,9 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
   WHALE_ASSIGN_OR_RETURN(c.v_head_dim, r.integer("v_head_dim", 1, kMaxDim));
   WHALE_ASSIGN_OR_RETURN(c.intermediate_size, r.integer("intermediate_size", 1, kMaxDim));
   WHALE_ASSIGN_OR_RETURN(c.moe_intermediate_size, r.integer("moe_intermediate_size", 1, kMaxDim));
-  WHALE_ASSIGN_OR_RETURN(c.n_routed_experts, r.integer("n_routed_experts", 0, kMaxExperts));
+  WHALE_ASSIGN_OR_RETURN(c.n_routed_experts, r.integer("n_routed_experts", 1, kMaxExperts));
   WHALE_ASSIGN_OR_RETURN(c.n_shared_experts, r.integer("n_shared_experts", 0, 64, 0));
-  WHALE_ASSIGN_OR_RETURN(c.num_experts_per_tok, r.integer("num_experts_per_tok", 0, kMaxExperts));
+  WHALE_ASSIGN_OR_RETURN(c.num_experts_per_tok, r.integer("num_experts_per_tok", 1, kMaxExperts));
   WHALE_ASSIGN_OR_RETURN(c.n_group, r.integer("n_group", 1, kMaxExperts, 1));
   WHALE_ASSIGN_OR_RETURN(c.topk_group, r.integer("topk_group", 1, kMaxExperts, 1));
   WHALE_ASSIGN_OR_RETURN(c.routed_scaling_factor,
@@ -292,8 +319,8 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
                          r.integer("first_k_dense_replace", 0, kMaxLayers, 0));
   WHALE_ASSIGN_OR_RETURN(c.moe_layer_freq, r.integer("moe_layer_freq", 1, kMaxLayers, 1));
   WHALE_ASSIGN_OR_RETURN(c.rms_norm_eps, r.number("rms_norm_eps", 1e-30, 1.0));
-  WHALE_ASSIGN_OR_RETURN(c.max_position_embeddings,
-                         r.integer("max_position_embeddings", 1, int64_t{1} << 32));
+  WHALE_ASSIGN_OR_RETURN(c.max_position_embeddings, r.integer("max_position_embeddings", 1,
+                                                              std::numeric_limits<int32_t>::max()));
   WHALE_ASSIGN_OR_RETURN(c.num_nextn_predict_layers,
                          r.integer("num_nextn_predict_layers", 0, 16, 0));
   WHALE_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.boolean("tie_word_embeddings", false));
@@ -301,7 +328,16 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
     WHALE_ASSIGN_OR_RETURN(c.bos_token_id,
                            r.nullable_integer("bos_token_id", 0, c.vocab_size - 1, true));
   }
-  if (r.has("eos_token_id") && r.find("eos_token_id")->is_number_integer()) {
+  // eos_token_id may be one id or a list (the first is kept here).
+  if (const json* eos = r.find("eos_token_id"); eos && eos->is_array()) {
+    for (size_t i = 0; i < eos->size(); ++i) {
+      const json& e = (*eos)[i];
+      if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= c.vocab_size) {
+        return r.error("eos_token_id", "must hold token ids in [0, vocab_size)");
+      }
+      if (i == 0) c.eos_token_id = e.get<int64_t>();
+    }
+  } else if (r.has("eos_token_id")) {
     WHALE_ASSIGN_OR_RETURN(c.eos_token_id,
                            r.nullable_integer("eos_token_id", 0, c.vocab_size - 1, true));
   }
@@ -312,6 +348,9 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
 
   // RoPE: classic `rope_theta` + `rope_scaling`, or transformers v5's `rope_parameters`.
   const json* rope_params = r.find("rope_parameters");
+  if (rope_params && !rope_params->is_null() && !rope_params->is_object()) {
+    return r.error("rope_parameters", "must be an object");
+  }
   if (rope_params && rope_params->is_object() && !r.has("rope_scaling")) {
     FieldReader rp(*rope_params, "rope_parameters.", path);
     WHALE_ASSIGN_OR_RETURN(c.rope_theta, rp.number("rope_theta", 1.0, 1e12, 10000.0));

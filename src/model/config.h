@@ -24,7 +24,7 @@ struct YarnScaling {
   int64_t original_max_position_embeddings = 0;
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 1.0;                     // 0 when absent in the file
+  double mscale = 0.0;                     // 0 when absent in the file
   double mscale_all_dim = 0.0;             // 0 when absent in the file
   std::optional<double> attention_factor;  // explicit cos/sin amplitude, rarely present
 };

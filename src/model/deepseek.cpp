@@ -34,6 +34,14 @@ Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<con
   WHALE_TRY(validate_token_ids(ids, c.vocab_size));
   const auto n = static_cast<int64_t>(ids.size());
   const int64_t n_past = cache.size();
+  if (cache.width() != c.kv_cache_width() || cache.layers() != c.num_hidden_layers) {
+    return make_error("the KV cache was made for another model", "cache");
+  }
+  if (n_past + n > c.max_position_embeddings) {
+    return make_error(std::to_string(n_past + n) + " tokens exceed the model's context of " +
+                          std::to_string(c.max_position_embeddings) + " (max_position_embeddings)",
+                      "ids");
+  }
   if (n_past + n > cache.capacity()) {
     return make_error("context is full: " + std::to_string(n_past) + " cached + " +
                           std::to_string(n) + " new tokens exceed the cache of " +

@@ -16,6 +16,7 @@ class KvCache {
 
   int64_t capacity() const { return capacity_; }
   int64_t width() const { return width_; }
+  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
   // Tokens already in the cache; the next token goes at this position.
   int64_t size() const { return size_; }
   void clear() { size_ = 0; }

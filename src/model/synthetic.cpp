@@ -46,21 +46,26 @@ Status write_synthetic_checkpoint(const ModelConfig& c, const std::string& confi
 
   ModelWeights scratch;
   const std::vector<TensorSpec> specs = tensor_table(c, &scratch);
-  // Each tensor, and the scale tensor after each FP8 one.
+  // Each tensor, and the scale tensor after each FP8 one, with how to fill it.
+  enum class Fill { kRandom, kOne, kZero, kScale };
   std::vector<SafetensorsStreamWriter::Entry> entries;
+  std::vector<Fill> fills;
   for (const TensorSpec& s : specs) {
     if (!s.required && s.group == TensorGroup::kMain) continue;  // tied head
     const bool fp8 = c.fp8 && s.fp8_in_release;
-    entries.push_back(
-        {s.checkpoint,
-         fp8 ? DType::kF8E4M3
-             : (s.checkpoint.ends_with("e_score_correction_bias") ? DType::kF32 : DType::kBF16),
-         s.shape});
+    const DType dtype = fp8                           ? DType::kF8E4M3
+                        : s.kind == TensorKind::kBias ? DType::kF32
+                                                      : DType::kBF16;
+    entries.push_back({s.checkpoint, dtype, s.shape});
+    fills.push_back(s.kind == TensorKind::kNorm   ? Fill::kOne
+                    : s.kind == TensorKind::kBias ? Fill::kZero
+                                                  : Fill::kRandom);
     if (fp8) {
       entries.push_back(
           {s.checkpoint + "_scale_inv",
            DType::kF32,
            {ceil_div(s.shape[0], c.fp8->block_rows), ceil_div(s.shape[1], c.fp8->block_cols)}});
+      fills.push_back(Fill::kScale);
     }
   }
   WHALE_ASSIGN_OR_RETURN(auto writer,
@@ -69,30 +74,34 @@ Status write_synthetic_checkpoint(const ModelConfig& c, const std::string& confi
   Rng rng{options.seed};
   const float amplitude = options.std * std::sqrt(3.0f);  // uniform[-a, a] has std a/√3
   std::vector<uint8_t> buf;
-  for (const auto& e : entries) {
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const auto& e = entries[k];
     int64_t numel = 1;
     for (int64_t d : e.shape) numel *= d;
-    const bool is_norm = e.shape.size() == 1 && e.dtype == DType::kBF16;
-    const bool is_scale = e.name.ends_with("_scale_inv");
     // Generated in chunks so that memory stays bounded.
     const int64_t chunk = int64_t{1} << 22;
     for (int64_t done = 0; done < numel; done += chunk) {
       const int64_t m = std::min(chunk, numel - done);
       buf.resize(static_cast<size_t>(m * dtype_size(e.dtype)));
       for (int64_t i = 0; i < m; ++i) {
-        switch (e.dtype) {
-          case DType::kBF16:
-            reinterpret_cast<uint16_t*>(buf.data())[i] =
-                f32_to_bf16(is_norm ? 1.0f : amplitude * rng.uniform());
+        switch (fills[k]) {
+          case Fill::kOne:
+            reinterpret_cast<uint16_t*>(buf.data())[i] = f32_to_bf16(1.0f);
             break;
-          case DType::kF32:  // a block scale, or the router's correction bias (0)
-            reinterpret_cast<float*>(buf.data())[i] =
-                is_scale ? amplitude / 448.0f : 0.0f;  // codes reach ±448
+          case Fill::kZero:
+            reinterpret_cast<float*>(buf.data())[i] = 0.0f;
             break;
-          default: {  // any finite e4m3 code (0x7F / 0xFF are NaN)
-            const auto code = static_cast<uint8_t>(rng.next() >> 56);
-            buf[static_cast<size_t>(i)] = (code & 0x7F) == 0x7F ? code ^ 0x01 : code;
-          }
+          case Fill::kScale:  // e4m3 codes reach ±448
+            reinterpret_cast<float*>(buf.data())[i] = amplitude / 448.0f;
+            break;
+          case Fill::kRandom:
+            if (e.dtype == DType::kF8E4M3) {  // any finite code (0x7F / 0xFF are NaN)
+              const auto code = static_cast<uint8_t>(rng.next() >> 56);
+              buf[static_cast<size_t>(i)] = (code & 0x7F) == 0x7F ? code ^ 0x01 : code;
+            } else {
+              reinterpret_cast<uint16_t*>(buf.data())[i] = f32_to_bf16(amplitude * rng.uniform());
+            }
+            break;
         }
       }
       WHALE_TRY(writer->write(buf.data(), buf.size()));

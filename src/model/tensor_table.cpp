@@ -38,8 +38,8 @@ struct TableBuilder {
     const int64_t d = c.hidden_size, h = c.num_attention_heads;
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string b = "blk." + std::to_string(l) + ".";
-    add(b + "attn_norm", p + "input_layernorm.weight", {d}, TensorKind::kVector, &w->attn_norm);
-    add(b + "ffn_norm", p + "post_attention_layernorm.weight", {d}, TensorKind::kVector,
+    add(b + "attn_norm", p + "input_layernorm.weight", {d}, TensorKind::kNorm, &w->attn_norm);
+    add(b + "ffn_norm", p + "post_attention_layernorm.weight", {d}, TensorKind::kNorm,
         &w->ffn_norm);
 
     const std::string a = p + "self_attn.";
@@ -47,7 +47,7 @@ struct TableBuilder {
     if (c.q_lora_rank) {
       const int64_t q = *c.q_lora_rank;
       add(b + "attn.q_a", a + "q_a_proj.weight", {q, d}, TensorKind::kLinear, &at.q_a, false, true);
-      add(b + "attn.q_a_norm", a + "q_a_layernorm.weight", {q}, TensorKind::kVector, &at.q_a_norm);
+      add(b + "attn.q_a_norm", a + "q_a_layernorm.weight", {q}, TensorKind::kNorm, &at.q_a_norm);
       add(b + "attn.q_b", a + "q_b_proj.weight", {h * c.qk_head_dim(), q}, TensorKind::kLinear,
           &at.q_b, false, true);
     } else {
@@ -56,7 +56,7 @@ struct TableBuilder {
     }
     add(b + "attn.kv_a", a + "kv_a_proj_with_mqa.weight", {c.kv_cache_width(), d},
         TensorKind::kLinear, &at.kv_a, false, true);
-    add(b + "attn.kv_a_norm", a + "kv_a_layernorm.weight", {c.kv_lora_rank}, TensorKind::kVector,
+    add(b + "attn.kv_a_norm", a + "kv_a_layernorm.weight", {c.kv_lora_rank}, TensorKind::kNorm,
         &at.kv_a_norm);
     add(b + "attn.kv_b", a + "kv_b_proj.weight",
         {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, TensorKind::kLinear, &at.kv_b,
@@ -73,7 +73,7 @@ struct TableBuilder {
     const int64_t e = c.n_routed_experts;
     add(b + "moe.router", p + "mlp.gate.weight", {e, d}, TensorKind::kLinear, &m.router);
     if (c.topk_method == TopkMethod::kNoauxTc) {
-      add(b + "moe.router_bias", p + "mlp.gate.e_score_correction_bias", {e}, TensorKind::kVector,
+      add(b + "moe.router_bias", p + "mlp.gate.e_score_correction_bias", {e}, TensorKind::kNorm,
           &m.correction_bias);
     }
     m.experts.resize(static_cast<size_t>(e));
@@ -105,7 +105,7 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, ModelWeights* w) {
   t.add("token_embd", "model.embed_tokens.weight", {v, d}, TensorKind::kTable, &w->embed);
   w->layers.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) t.layer(l, &w->layers[static_cast<size_t>(l)]);
-  t.add("output_norm", "model.norm.weight", {d}, TensorKind::kVector, &w->norm);
+  t.add("output_norm", "model.norm.weight", {d}, TensorKind::kNorm, &w->norm);
   t.add("output", "lm_head.weight", {v, d}, TensorKind::kTable, &w->lm_head);
   if (c.tie_word_embeddings) specs.back().required = false;
 
@@ -116,11 +116,11 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, ModelWeights* w) {
     MtpWeights& m = w->mtp[static_cast<size_t>(k)];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string b = "mtp." + std::to_string(k) + ".";
-    t.add(b + "enorm", p + "enorm.weight", {d}, TensorKind::kVector, &m.enorm);
-    t.add(b + "hnorm", p + "hnorm.weight", {d}, TensorKind::kVector, &m.hnorm);
+    t.add(b + "enorm", p + "enorm.weight", {d}, TensorKind::kNorm, &m.enorm);
+    t.add(b + "hnorm", p + "hnorm.weight", {d}, TensorKind::kNorm, &m.hnorm);
     t.add(b + "eh_proj", p + "eh_proj.weight", {d, 2 * d}, TensorKind::kLinear, &m.eh_proj);
     t.add(b + "embed", p + "embed_tokens.weight", {v, d}, TensorKind::kTable, &m.embed);
-    t.add(b + "head_norm", p + "shared_head.norm.weight", {d}, TensorKind::kVector, &m.head_norm);
+    t.add(b + "head_norm", p + "shared_head.norm.weight", {d}, TensorKind::kNorm, &m.head_norm);
     t.add(b + "head", p + "shared_head.head.weight", {v, d}, TensorKind::kTable, &m.head);
     t.layer(l, &m.layer);
   }
@@ -130,7 +130,16 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, ModelWeights* w) {
 Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) {
   ModelWeights w;
   const std::vector<TensorSpec> specs = tensor_table(c, &w);
-  std::vector<std::string> problems;
+  // The first problems are kept as text, the rest only counted: a config that disagrees with
+  // everything must not build millions of messages.
+  struct Problems {
+    std::vector<std::string> shown;
+    size_t count = 0;
+    void push_back(std::string p) {
+      if (count++ < 20) shown.push_back(std::move(p));
+    }
+    bool empty() const { return count == 0; }
+  } problems;
   int64_t mtp_found = 0, mtp_total = 0;
   std::string first_missing_mtp;
 
@@ -195,9 +204,9 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
                        ": missing (the checkpoint has some MTP tensors but not all)");
   }
   if (!problems.empty()) {
-    std::string msg = std::to_string(problems.size()) + " tensor problem(s): ";
-    for (size_t i = 0; i < problems.size() && i < 20; ++i) msg += (i ? "; " : "") + problems[i];
-    if (problems.size() > 20) msg += "; ...";
+    std::string msg = std::to_string(problems.count) + " tensor problem(s): ";
+    for (size_t i = 0; i < problems.shown.size(); ++i) msg += (i ? "; " : "") + problems.shown[i];
+    if (problems.count > problems.shown.size()) msg += "; ...";
     return make_error(msg, {}, ckpt.dir(), "the weights do not match config.json");
   }
   if (mtp_found == 0) w.mtp.clear();

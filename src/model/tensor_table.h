@@ -13,7 +13,8 @@ namespace whale::model {
 
 enum class TensorKind {
   kLinear,  // a projection: bf16 / f16 / f32, or fp8 e4m3 with `<name>_scale_inv`
-  kVector,  // a norm weight or bias: bf16 / f16 / f32, used as [1, n]
+  kNorm,    // a norm weight: bf16 / f16 / f32, used as [1, n]
+  kBias,    // the router's correction bias: f32 in releases (bf16 / f16 accepted), [1, n]
   kTable,   // embedding or output head: bf16 / f16 / f32
 };
 

@@ -18,8 +18,19 @@ Matrix Matrix::row_slice(int64_t begin, int64_t count) const {
 float block_scale(const Matrix& m, int64_t br, int64_t bc) {
   const int64_t i = br * m.scale_cols + bc;
   if (m.scale_dtype == DType::kE8M0) return e8m0_to_f32(static_cast<const uint8_t*>(m.scale)[i]);
-  return static_cast<const float*>(m.scale)[i];
+  float s;  // memcpy: a file may place tensors at any byte offset
+  std::memcpy(&s, static_cast<const uint8_t*>(m.scale) + i * 4, 4);
+  return s;
 }
+
+namespace {
+// Loads element i of 16-bit data at any alignment.
+inline uint16_t load_u16(const void* p, int64_t i) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const uint8_t*>(p) + 2 * i, 2);
+  return v;
+}
+}  // namespace
 
 void convert_to_f32(DType dtype, const void* src, int64_t n, float* out) {
   switch (dtype) {
@@ -27,13 +38,11 @@ void convert_to_f32(DType dtype, const void* src, int64_t n, float* out) {
       std::memcpy(out, src, static_cast<size_t>(n) * sizeof(float));
       return;
     case DType::kBF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(s[i]);
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(load_u16(src, i));
       return;
     }
     case DType::kF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(s[i]);
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(load_u16(src, i));
       return;
     }
     case DType::kF8E4M3: {
