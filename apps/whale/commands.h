@@ -2,7 +2,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 
@@ -31,6 +33,21 @@ struct LogitsArgs {
 };
 void add_logits_command(CLI::App& app, LogitsArgs& args);
 int run_logits(const LogitsArgs& args);
+
+struct TokenizeArgs {
+  std::string dir;
+  std::string text;
+  std::string file;
+  std::string jsonl;
+  bool special = false;
+  std::string ids;
+};
+void add_tokenize_commands(CLI::App& app, TokenizeArgs& args);
+int run_tokenize(const TokenizeArgs& args);
+int run_detokenize(const TokenizeArgs& args);
+
+// Parses "1,2,3" into ids (integers only; empty items are errors).
+Result<std::vector<int32_t>> parse_id_list(const std::string& text);
 
 struct SynthArgs {
   std::string config;

@@ -26,32 +26,6 @@ void add_logits_command(CLI::App& app, LogitsArgs& args) {
 
 namespace {
 
-Result<std::vector<int32_t>> parse_ids(const std::string& text) {
-  std::vector<int32_t> ids;
-  size_t i = 0;
-  while (i < text.size()) {
-    size_t j = text.find(',', i);
-    if (j == std::string::npos) j = text.size();
-    std::string item = text.substr(i, j - i);
-    // Allow spaces around items, nothing else.
-    item.erase(0, item.find_first_not_of(' '));
-    item.erase(item.find_last_not_of(' ') + 1);
-    if (item.empty() || item.find_first_not_of("0123456789-") != std::string::npos) {
-      return make_error("\"" + item + "\" is not an integer token id", "--ids");
-    }
-    errno = 0;
-    char* end = nullptr;
-    const long long v = std::strtoll(item.c_str(), &end, 10);
-    if (errno != 0 || *end != '\0' || v < INT32_MIN || v > INT32_MAX) {
-      return make_error("\"" + item + "\" is not a valid token id", "--ids");
-    }
-    ids.push_back(static_cast<int32_t>(v));
-    i = j + 1;
-    if (j + 1 == text.size()) return make_error("trailing comma", "--ids");
-  }
-  return ids;
-}
-
 Status write_logits(const std::string& path, const std::vector<float>& logits) {
   // Write beside the target and rename, so a failed run never leaves a partial file.
   const std::string tmp = path + ".tmp";
@@ -77,7 +51,7 @@ int fail(const Error& e) { return report("logits", e); }
 }  // namespace
 
 int run_logits(const LogitsArgs& args) {
-  auto ids = parse_ids(args.ids);
+  auto ids = parse_id_list(args.ids);
   if (!ids.ok()) return fail(ids.error());
   if (ids->empty()) return fail(make_error("no token ids given", "--ids"));
   auto model = model::Model::load(args.model_dir);
@@ -108,6 +82,32 @@ int run_logits(const LogitsArgs& args) {
   std::printf("top %zu at position %zu:\n", k, ids->size() - 1);
   for (size_t i = 0; i < k; ++i) std::printf("%8d %12.6f\n", order[i], last[order[i]]);
   return 0;
+}
+
+Result<std::vector<int32_t>> parse_id_list(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = text.find(',', i);
+    if (j == std::string::npos) j = text.size();
+    std::string item = text.substr(i, j - i);
+    // Allow spaces around items, nothing else.
+    item.erase(0, item.find_first_not_of(' '));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (item.empty() || item.find_first_not_of("0123456789-") != std::string::npos) {
+      return make_error("\"" + item + "\" is not an integer token id", "--ids");
+    }
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (errno != 0 || *end != '\0' || v < INT32_MIN || v > INT32_MAX) {
+      return make_error("\"" + item + "\" is not a valid token id", "--ids");
+    }
+    ids.push_back(static_cast<int32_t>(v));
+    i = j + 1;
+    if (j + 1 == text.size()) return make_error("trailing comma", "--ids");
+  }
+  return ids;
 }
 
 }  // namespace whale::app

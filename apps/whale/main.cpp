@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   whale::app::add_info_command(app, info);
   whale::app::add_logits_command(app, logits);
   whale::app::SynthArgs synth;
+  whale::app::TokenizeArgs tokenize;
+  whale::app::add_tokenize_commands(app, tokenize);
   whale::app::add_synth_command(app, synth);
   try {
     app.parse(argc, argv);
@@ -32,5 +34,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
+  if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
+  if (app.got_subcommand("detokenize")) return whale::app::run_detokenize(tokenize);
   return 2;
 }
