@@ -87,7 +87,42 @@ Result<Tokenizer> Tokenizer::load(const std::string& path) {
 }
 
 Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::string& source) {
-  const json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  // The vocabulary (128k entries) and merges are taken straight from the parser instead of
+  // being built into the JSON tree: an std::map of 128k keys costs most of the load time.
+  std::vector<std::pair<std::string, json>> raw_vocab;
+  std::vector<std::string> raw_merges;
+  std::string path[3];  // the key at depths 1 and 2
+  std::string pending_key;
+  bool vocab_is_object = false, merges_are_strings = true;
+  const json::parser_callback_t capture = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth <= 2) {
+      path[depth] = parsed.get<std::string>();
+      return true;
+    }
+    const bool in_model = path[1] == "model";
+    if (in_model && depth == 2 && event == json::parse_event_t::object_start && path[2] == "vocab") {
+      vocab_is_object = true;
+    }
+    if (in_model && depth == 3 && path[2] == "vocab") {
+      if (event == json::parse_event_t::key) {
+        pending_key = parsed.get<std::string>();
+        return false;  // not stored in the tree
+      }
+      if (event == json::parse_event_t::value) {
+        raw_vocab.emplace_back(std::move(pending_key), std::move(parsed));
+        return false;
+      }
+    }
+    if (in_model && depth == 3 && path[2] == "merges" && merges_are_strings) {
+      if (event == json::parse_event_t::value && parsed.is_string()) {
+        raw_merges.push_back(parsed.get<std::string>());
+        return false;
+      }
+      if (event != json::parse_event_t::value) merges_are_strings = false;  // [left, right] form
+    }
+    return true;
+  };
+  const json root = json::parse(json_text, capture, /*allow_exceptions=*/false);
   if (root.is_discarded()) return make_error("not valid JSON", {}, source);
   if (!root.is_object()) return make_error("must be a JSON object", {}, source);
   Tokenizer t;
@@ -110,19 +145,16 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
       return field_error(std::string("model.") + key, "must be null for a byte-level BPE", source);
     }
   }
-  const auto vocab_it = model.find("vocab");
-  if (vocab_it == model.end() || !vocab_it->is_object()) {
-    return field_error("model.vocab", "missing object", source);
-  }
+  if (!vocab_is_object) return field_error("model.vocab", "missing object", source);
   int64_t max_id = -1;
   std::vector<std::pair<std::string, int64_t>> vocab;
-  vocab.reserve(vocab_it->size());
-  for (const auto& [text, id] : vocab_it->items()) {
+  vocab.reserve(raw_vocab.size());
+  for (auto& [text, id] : raw_vocab) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxVocab) {
       return field_error("model.vocab." + text, "id must be an integer in [0, 2^24)", source);
     }
-    vocab.emplace_back(text, id.get<int64_t>());
     max_id = std::max(max_id, id.get<int64_t>());
+    vocab.emplace_back(std::move(text), id.get<int64_t>());
   }
   const auto added_it = root.find("added_tokens");
   if (added_it != root.end() && !added_it->is_null()) {
@@ -171,9 +203,11 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
   if (merges_it == model.end() || !merges_it->is_array()) {
     return field_error("model.merges", "missing list", source);
   }
+  std::vector<json> merge_entries(raw_merges.begin(), raw_merges.end());
+  merge_entries.insert(merge_entries.end(), merges_it->begin(), merges_it->end());
   std::vector<std::pair<std::string, std::string>> merges;
-  merges.reserve(merges_it->size());
-  for (const auto& m : *merges_it) {
+  merges.reserve(merge_entries.size());
+  for (const auto& m : merge_entries) {
     std::string left, right;
     if (m.is_string()) {  // "left right"
       const std::string s = m.get<std::string>();
@@ -238,19 +272,19 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
           !(*pattern)["Regex"].is_string()) {
         return field_error(field + ".pattern", "expected {\"Regex\": ...}", source);
       }
-      auto split = RegexSplit::compile((*pattern)["Regex"].get<std::string>());
-      if (!split.ok()) return field_error(field + ".pattern", split.error().message, source, split.error().hint);
-      t.splits_.push_back(std::move(*split));
+      auto split = parse_split_pattern((*pattern)["Regex"].get<std::string>());
+      if (!split.ok()) {
+        return field_error(field + ".pattern", split.error().message, source, split.error().hint);
+      }
+      t.splits_.push_back(*split);
     } else if (type == "ByteLevel") {
       byte_level_seen = true;
       if (flag(step, "add_prefix_space", false)) {
         return field_error(field + ".add_prefix_space", "must be false", source);
       }
       if (flag(step, "use_regex", true)) {
-        auto split = RegexSplit::compile(
-            R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)");
-        if (!split.ok()) return split.error();
-        t.splits_.push_back(std::move(*split));
+        return field_error(field + ".use_regex", "must be false (GPT-2's split is not supported)",
+                           source);
       }
     } else {
       return field_error(field + ".type", "unsupported pre-tokenizer \"" + type + "\"", source);
@@ -278,9 +312,9 @@ Status Tokenizer::pre_tokenize(std::string_view text, Span segment,
                                std::vector<Span>& pieces) const {
   pieces.assign(1, segment);
   std::vector<Span> next;
-  for (const RegexSplit& split : splits_) {
+  for (SplitPattern pattern : splits_) {
     next.clear();
-    for (const Span& p : pieces) WHALE_TRY(split.split(text, p, next));
+    for (const Span& p : pieces) split(pattern, text, p, next);
     pieces.swap(next);
   }
   return ok_status();

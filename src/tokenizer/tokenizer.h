@@ -59,7 +59,7 @@ class Tokenizer {
   Status pre_tokenize(std::string_view text, Span segment, std::vector<Span>& pieces) const;
 
   std::unique_ptr<Bpe> bpe_;
-  std::vector<RegexSplit> splits_;
+  std::vector<SplitPattern> splits_;
   std::vector<AddedToken> added_;
   std::unique_ptr<AddedTokenMatcher> matcher_;
   std::vector<std::string> token_bytes_;  // id -> decoded bytes
