@@ -334,7 +334,13 @@ Result<std::vector<int32_t>> Tokenizer::encode(std::string_view input, SpecialTo
     segments.push_back({0, text.size(), -1});
   }
   std::vector<int32_t> ids;
-  ids.reserve(text.size() / 3 + 1);
+  WHALE_TRY(encode_segments(text, segments, ids));
+  return ids;
+}
+
+Status Tokenizer::encode_segments(std::string_view text, const std::vector<Segment>& segments,
+                                  std::vector<int32_t>& ids) const {
+  ids.reserve(ids.size() + text.size() / 3 + 1);
   std::vector<Span> pieces;
   for (const Segment& s : segments) {
     if (s.token >= 0) {
@@ -344,6 +350,35 @@ Result<std::vector<int32_t>> Tokenizer::encode(std::string_view input, SpecialTo
     WHALE_TRY(pre_tokenize(text, {s.begin, s.end}, pieces));
     for (const Span& p : pieces) bpe_->encode(text.substr(p.begin, p.end - p.begin), ids);
   }
+  return ok_status();
+}
+
+Result<std::vector<int32_t>> Tokenizer::encode_with_scaffolding(
+    std::string_view text, std::span<const Span> scaffolding) const {
+  if (!is_valid_utf8(text)) {
+    // Scaffolding offsets refer to the text as given; repairing would move them.
+    return make_error("chat text is not valid UTF-8", "text");
+  }
+  // Added tokens found outside the scaffolding go back to being text, merged with their
+  // neighbours so that the text around them is split exactly as if they were not tokens.
+  std::vector<Segment> segments;
+  size_t k = 0;
+  for (const Segment& s : matcher_->split(text)) {
+    bool inside = false;
+    if (s.token >= 0) {
+      while (k < scaffolding.size() && scaffolding[k].end <= s.begin) ++k;
+      inside = k < scaffolding.size() && scaffolding[k].begin <= s.begin && s.end <= scaffolding[k].end;
+    }
+    if (s.token >= 0 && inside) {
+      segments.push_back(s);
+    } else if (!segments.empty() && segments.back().token < 0 && segments.back().end == s.begin) {
+      segments.back().end = s.end;
+    } else {
+      segments.push_back({s.begin, s.end, -1});
+    }
+  }
+  std::vector<int32_t> ids;
+  WHALE_TRY(encode_segments(text, segments, ids));
   return ids;
 }
 

@@ -42,6 +42,10 @@ class Tokenizer {
   static Result<Tokenizer> from_json(const std::string& json_text, const std::string& source);
 
   Result<std::vector<int32_t>> encode(std::string_view text, SpecialTokens mode) const;
+  // Added tokens are recognised only when they lie inside one of the `scaffolding` ranges
+  // (sorted, disjoint): a rendered chat's template text, not what users wrote.
+  Result<std::vector<int32_t>> encode_with_scaffolding(std::string_view text,
+                                                       std::span<const Span> scaffolding) const;
   // Token ids to text; invalid UTF-8 produced by a cut sequence becomes U+FFFD.
   Result<std::string> decode(std::span<const int32_t> ids) const;
 
@@ -57,6 +61,9 @@ class Tokenizer {
 
  private:
   Status pre_tokenize(std::string_view text, Span segment, std::vector<Span>& pieces) const;
+  // Pre-tokenizes and BPE-encodes the plain segments, appending to ids.
+  Status encode_segments(std::string_view text, const std::vector<Segment>& segments,
+                         std::vector<int32_t>& ids) const;
 
   std::unique_ptr<Bpe> bpe_;
   std::vector<SplitPattern> splits_;
