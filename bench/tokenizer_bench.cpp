@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
   ss << in.rdbuf();
   const std::string text = ss.str();
 
-  // Line by line, like the HF script's per-line mode.
+  // Line by line, each line with its newline and added tokens recognised, like
+  // reference/bench_hf_tokenizer.py.
   size_t tokens = 0;
   const auto t1 = clock::now();
   size_t start = 0;
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
     size_t end = text.find('\n', start);
     end = end == std::string::npos ? text.size() : end + 1;
     auto ids = tokenizer->encode(std::string_view(text).substr(start, end - start),
-                                 whale::tok::SpecialTokens::kIgnore);
+                                 whale::tok::SpecialTokens::kParse);  // as the HF script does
     tokens += ids->size();
     start = end;
   }

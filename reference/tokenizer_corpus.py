@@ -456,6 +456,137 @@ def _random_codepoints(rng: random.Random) -> str:
     return "".join(out)
 
 
+# --------------------------------------------------------------------------------------------------
+# Fuzz strings (reference/fuzz_tokenizer.py, and the "fuzz" section of the corpus)
+# --------------------------------------------------------------------------------------------------
+# Short strings (1-40 characters) from a pool aimed at the pre-tokenizer regexes' alternation and
+# backtracking: ASCII punctuation against letters, marks, digits of many systems, the edges of the CJK
+# and kana classes, every White_Space character, format characters, symbols of each kind, PUA,
+# Unicode 15/16 additions, unassigned points (incl. ones assigned only in 17.0) and special-token
+# strings with their fragments. Characters are often repeated (runs of 1-6). Only hard-coded code
+# points, so the output does not depend on the Python version's unicodedata.
+
+FUZZ_SEED = 20240316
+
+
+def _cps(*items) -> list[str]:
+    """Characters from code points and inclusive (first, last) ranges."""
+    out = []
+    for it in items:
+        if isinstance(it, tuple):
+            out += [chr(c) for c in range(it[0], it[1] + 1)]
+        else:
+            out.append(chr(it))
+    return out
+
+
+ASCII_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+FUZZ_POOL = {
+    "ascii_letter": list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+    "ascii_punct": list(ASCII_PUNCT),
+    # ASCII, fullwidth, Arabic-Indic, extended Arabic-Indic, Devanagari, superscripts/subscripts,
+    # Roman numerals (Nl), fractions and circled numbers (No)
+    "digit": _cps((0x30, 0x39), (0xFF10, 0xFF19), (0x660, 0x669), (0x6F0, 0x6F9), (0x966, 0x96F), 0xB2, 0xB3,
+                  0xB9, 0x2070, (0x2074, 0x2079), (0x2080, 0x2089), (0x2160, 0x2188), 0xBC, 0xBD, 0xBE,
+                  (0x2150, 0x215F), (0x2460, 0x2473), 0x3007, (0x3021, 0x3029), (0x1D7CE, 0x1D7FF)),
+    # combining diacritics, Devanagari signs (Mn/Mc), enclosing marks (Me), variation selectors (Mn)
+    "mark": _cps((0x300, 0x36F), (0x900, 0x903), 0x93A, 0x93B, 0x93C, (0x93E, 0x94F), (0x951, 0x957),
+                 0x962, 0x963, (0x1AB0, 0x1ACE), (0x20D0, 0x20F0), (0xFE20, 0xFE2F), (0xFE00, 0xFE0F),
+                 0xE0100, 0x3099, 0x309A, 0x302A, 0x302F, 0x0E31, (0x0E34, 0x0E3A), (0x0E47, 0x0E4E),
+                 (0x064B, 0x065F), 0x05B0, 0x05BF, 0x1DC0, 0x1DFF),
+    "letter_marked": _cps((0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x17F), 0x1C5, 0x1C8, 0x1E9E, (0x1EA0, 0x1EF9))
+    + ["e\u0301", "a\u0308", "n\u0303", "A\u030a\u0301", "\u0915\u093f", "\u0915\u094d\u0937", "\u0915\u093c",
+       "\u0e01\u0e48", "i\u0307\u0301", "\u0627\u064e"],
+    "letter_other": _cps((0x391, 0x3A9), (0x3B1, 0x3C9), (0x410, 0x44F), (0x5D0, 0x5EA), (0x621, 0x64A),
+                         (0x915, 0x939), (0xE01, 0xE30), (0x2B0, 0x2C1), 0xAA, 0xBA, 0xB5, 0x3005, 0x3006,
+                         0x303B, 0x303C, 0xFF70, (0xFF21, 0xFF3A), (0xFF41, 0xFF5A), 0x2C6, 0x2EC, 0x2EE,
+                         (0x1D400, 0x1D419), 0x2071, 0x207F, (0x2090, 0x209C), 0x212A, 0x2126, 0x2132),
+    # inside [U+4E00, U+9FA5], its edges, just outside (U+9FA6..U+9FFF, U+4DC0..U+4DFF hexagrams),
+    # ext A, ext B, compatibility ideographs, radicals
+    "cjk": _cps((0x4E00, 0x4E10), (0x4E2D, 0x4E2D), (0x6587, 0x6587), (0x9F90, 0x9FA5), (0x9FA6, 0x9FFF),
+                (0x4DB0, 0x4DFF), (0x3400, 0x3410), 0x4DBF, (0x20000, 0x20010), 0x2A6DF, 0x2A6D6, 0x2B740,
+                0x2CEB0, 0x30000, (0xF900, 0xF910), (0xFA70, 0xFA75), (0x2E80, 0x2E85), (0x2F00, 0x2F05),
+                0x3007, 0x3021, 0x2FF0, 0x2FFB, 0x3190, 0x31C0, 0x3000),
+    # kana incl. the U+3040..U+309F and U+30A0..U+30FF edges: U+3040/U+3097/U+3098 unassigned,
+    # U+3099/U+309A marks, U+309B/U+309C Sk, U+309D/U+309E Lm, U+309F/U+30FF Lo, U+30A0 Pd, U+30FB Po,
+    # U+30FC Lm; and kana outside the class (halfwidth, ext, small kana ext)
+    "kana": _cps((0x3040, 0x3048), (0x3090, 0x309F), (0x30A0, 0x30A6), (0x30F0, 0x30FF), 0x3042, 0x30A2,
+                 0x30FC, 0x30FB, (0xFF65, 0xFF6A), 0xFF70, 0xFF9E, 0xFF9F, (0x31F0, 0x31F3), 0x1B000, 0x1B001,
+                 0x1B132, 0x1B155, 0x1B164, 0x3031, 0x3035, 0x303F),
+    "hangul": _cps((0xAC00, 0xAC05), 0xD7A3, 0xD7A4, 0xD7B0, 0xD7FB, (0x1100, 0x1103), (0x1161, 0x1163),
+                   0x11A8, (0x3131, 0x3134), 0x3164, 0xFFA0, 0xFFA1, 0x115F, 0x1160),
+    # every White_Space character, plus the look-alikes that are not White_Space
+    "space": _cps(0x20, 0x9, 0xA, 0xD, 0xB, 0xC, 0x85, 0xA0, 0x1680, (0x2000, 0x200A), 0x2028, 0x2029,
+                  0x202F, 0x205F, 0x3000, 0x20, 0x20, 0xA, 0x180E, 0x1C, 0x1D, 0x1E, 0x1F)
+    + ["\r\n", " \n", "\n ", " \r\n"],
+    "format": _cps((0x200B, 0x200F), 0xFEFF, (0x2060, 0x2064), (0x2066, 0x2069), (0x202A, 0x202E), 0xAD,
+                   0x61C, 0x600, 0x6DD, 0x70F, 0x180E, 0x110BD, 0x13430, 0x1BCA0, 0xE0001, 0xE0020, 0xE0041,
+                   0xE007F, 0x0, 0x1, 0x7, 0x1B, 0x7F, 0x80, 0x9F),
+    # So (emoji, dingbats, skin tones are Sk), Sm, Sc, Sk, and non-ASCII punctuation (Pd Ps Pe Pi Pf Po Pc)
+    "symbol": _cps((0x1F600, 0x1F60F), 0x1F433, 0x1F680, 0x2764, 0x2705, 0x2600, 0x26A0, 0xA9, 0xAE, 0x2122,
+                   0xB0, 0xA6, (0x1F3FB, 0x1F3FF), 0x1F1FA, 0x1F1F8, 0x20E3,
+                   0xAC, 0xB1, 0xD7, 0xF7, 0x2212, 0x221E, (0x2200, 0x2208), 0x2190, 0x21D2, 0x27E8, 0x2A00,
+                   0xA2, 0xA3, 0xA5, 0x20AC, 0x20B9, 0x20BF, 0x20C0, 0xFFE5, 0x58F, 0x9F2,
+                   0xA8, 0xAF, 0xB4, 0xB8, (0x2C2, 0x2C5), (0x2D2, 0x2DF), 0x2E5, 0x2ED, 0x2EF, 0x375,
+                   0x384, 0x385, 0x1FBD, 0xFF3E, 0xFF40, 0xFFE3, 0xA700, 0xA720, 0xA789,
+                   0xA1, 0xBF, 0xA7, 0xB6, 0xB7, 0xAB, 0xBB, (0x2010, 0x2027), (0x2030, 0x205E), 0x3001,
+                   0x3002, (0x3008, 0x3011), 0x301C, 0x30FB, (0xFF01, 0xFF0F), 0xFF1A, 0xFF1F, 0x2E3A, 0x2E3B,
+                   0x5BE, 0x60C, 0x61F, 0x964, 0x965, 0xE4F, 0x203F, 0xFE4D, 0xFF3F, 0x2E2F),
+    "private_use": _cps((0xE000, 0xE003), 0xF8FF, 0xF0000, 0xFFFFD, 0x100000, 0x10FFFD),
+    # Unicode 15.0/15.1/16.0 additions: letters (Kawi, Nag Mundari, Cyrillic ext-D, CJK ext H/I, Garay,
+    # Todhri, Tulu-Tigalari, Sunuwar, Gurung Khema, Kirat Rai, Ol Onal, Egyptian ext-A, Latin/Cyrillic),
+    # marks, digits (Nag Mundari, Kawi, Garay, Sunuwar, Gurung Khema, Kirat Rai, Ol Onal, Myanmar ext-C,
+    # outlined digits), Kaktovik numerals, symbols
+    "unicode_new": _cps(0xCF3, 0xECE, 0x1123F, 0x11240, 0x11241, (0x11F00, 0x11F06), 0x11F12, 0x11F34,
+                        (0x11F50, 0x11F59), 0x11F5A, 0x13440, 0x13441, 0x1DF25, 0x1E030, 0x1E06D, 0x1E08F,
+                        (0x1E4D0, 0x1E4D5), 0x1E4EB, 0x1E4EC, 0x1E4EF, (0x1E4F0, 0x1E4F9), (0x1D2C0, 0x1D2C5),
+                        0x31350, 0x323AF, 0x2EBF0, 0x2EE5D, 0x2FFC, 0x2FFF, 0x31EF, 0x1F6DC,
+                        0x1C89, 0x1C8A, 0xA7CB, 0xA7CC, 0xA7CD, 0xA7DA, 0xA7DB, 0xA7DC, 0x897,
+                        (0x10D40, 0x10D4F), 0x10D50, 0x10D65, 0x10D69, 0x10D6D, 0x10D70, 0x10D85,
+                        0x105C0, 0x105F3, 0x11380, 0x11389, 0x113B8, 0x113C0, 0x11BC0, 0x11BE0,
+                        (0x11BF0, 0x11BF9), 0x16100, 0x1611D, 0x1611E, 0x1612F, (0x16130, 0x16139),
+                        0x16D40, 0x16D43, 0x16D6A, (0x16D70, 0x16D79), 0x1E5D0, 0x1E5ED, 0x1E5EE, 0x1E5F0,
+                        (0x1E5F1, 0x1E5FA), (0x116D0, 0x116E3), (0x1CCF0, 0x1CCF9), 0x13460, 0x143FA,
+                        0x1CC00, 0x1CCD6, 0x1FA89, 0x1FAE9, 0x2427, 0x31E4, 0x10EC2, 0x10EFC, 0x1B4E, 0x1B7F),
+    # unassigned in Unicode 16.0 (noncharacters; holes; points assigned only in 17.0: Sidetic, Tolong
+    # Siki, Beria Erfe, Tai Yo, CJK ext J, U+A7CE, U+20C1; unassigned points inside the kana class)
+    "unassigned": _cps(0x378, 0x379, 0x380, 0x38B, 0x530, 0x5FF, 0x2FE0, 0xD7FC, 0xFDD0, 0xFDEF, 0xFFFE, 0xFFFF,
+                       0x1FFFE, 0x3FFFD, 0x50000, 0xE0080, 0xE01F0, 0x10FFFF, 0x2A6E0, 0x3040, 0x3097, 0x3098,
+                       0x10940, 0x10959, 0x11DB0, 0x11DDB, 0x16EA0, 0x16EB8, 0x1E6C0, 0x1E6DE, 0x323B0, 0x33479,
+                       0xA7CE, 0xA7CF, 0x20C1, 0x1FAFA, 0x1F7DA),
+}
+_SPECIAL_PIECES = ["<", ">", "｜", "▁", "|", "/", "<｜", "｜>", "</", "<|", "|>", "▁of▁", "begin", "User",
+                   "think", "DSML", "dsml:", "place▁holder▁no▁", "tool▁call"]
+FUZZ_WEIGHTS = {"ascii_letter": 6, "ascii_punct": 6, "digit": 3, "mark": 3, "letter_marked": 2,
+                "letter_other": 2, "cjk": 3, "kana": 3, "hangul": 1, "space": 6, "format": 2, "symbol": 4,
+                "private_use": 1, "unicode_new": 2, "unassigned": 1, "special": 2, "special_piece": 2}
+_FUZZ_CATEGORIES = [k for k in FUZZ_WEIGHTS for _ in range(FUZZ_WEIGHTS[k])]
+
+
+def fuzz_string(rng: random.Random) -> str:
+    """One random string of 1..40 characters: units drawn by category, often repeated 1-6 times."""
+    target = 1 + rng.randrange(40)
+    s = ""
+    while len(s) < target:
+        cat = rng.choice(_FUZZ_CATEGORIES)
+        if cat == "special":
+            unit = rng.choice(SPECIAL + LOOKALIKES)
+            if rng.random() < 0.3:  # a fragment
+                a = rng.randrange(len(unit))
+                unit = unit[a:a + 1 + rng.randrange(len(unit) - a)]
+        elif cat == "special_piece":
+            unit = rng.choice(_SPECIAL_PIECES)
+        else:
+            unit = rng.choice(FUZZ_POOL[cat])
+        s += unit * (1 + rng.randrange(6) if rng.random() < 0.35 else 1)
+    return s[:40]
+
+
+def fuzz_strings(n: int, seed: int = FUZZ_SEED) -> list[str]:
+    rng = random.Random(seed)
+    return [fuzz_string(rng) for _ in range(n)]
+
+
 def build_corpus() -> list[str]:
     rng = random.Random(SEED)
     lines: list[str] = [""]
@@ -503,4 +634,7 @@ def build_corpus() -> list[str]:
            [["".join(rng.choice(EMOJI) for _ in range(1 + rng.randrange(8))) for _ in range(60)]])
     for g in gen:
         lines += g
+    # fuzz strings (the pool of reference/fuzz_tokenizer.py), from their own generator so that the lines
+    # above do not move
+    lines += fuzz_strings(1000, FUZZ_SEED)
     return list(dict.fromkeys(lines))  # drop repeats, keep first occurrence order

@@ -49,6 +49,17 @@ int run_detokenize(const TokenizeArgs& args);
 // Parses "1,2,3" into ids (integers only; empty items are errors).
 Result<std::vector<int32_t>> parse_id_list(const std::string& text);
 
+struct TemplateArgs {
+  std::string dir;
+  std::string messages;
+  std::string format;
+  bool thinking = false;
+  bool no_generation_prompt = false;
+  bool ids = false;
+};
+void add_template_command(CLI::App& app, TemplateArgs& args);
+int run_template(const TemplateArgs& args);
+
 struct SynthArgs {
   std::string config;
   std::string out_dir;

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   whale::app::SynthArgs synth;
   whale::app::TokenizeArgs tokenize;
   whale::app::add_tokenize_commands(app, tokenize);
+  whale::app::TemplateArgs chat_template;
+  whale::app::add_template_command(app, chat_template);
   whale::app::add_synth_command(app, synth);
   try {
     app.parse(argc, argv);
@@ -35,6 +37,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
   if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
+  if (app.got_subcommand("template")) return whale::app::run_template(chat_template);
   if (app.got_subcommand("detokenize")) return whale::app::run_detokenize(tokenize);
   return 2;
 }
