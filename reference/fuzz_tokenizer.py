@@ -26,6 +26,8 @@ Exit status: 0 when every string matches, 1 on mismatches, 2 when whale fails.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import subprocess
@@ -43,6 +45,16 @@ from tokenizers import Tokenizer  # noqa: E402
 from tokenizer_corpus import FUZZ_POOL, fuzz_string  # noqa: E402
 
 MODES = ("plain", "special")
+# One character for each behaviour of the three patterns: ASCII letter/punctuation/symbol, non-ASCII letter
+# (Ll, Lm, Lo), marks (Mn, Mc, Me, in the kana class), digits (Nd ASCII/other, No, Nl), non-ASCII P and S,
+# CJK inside/outside U+4E00..U+9FA5, kana and its edges (U+30A0 Pd, U+3040 unassigned), Hangul, each kind of
+# space (CR, LF, TAB, VT, FF, NEL, NBSP, U+2028, U+3000, U+1680), not-spaces (ZWSP, U+180E, U+001C), controls,
+# PUA, unassigned, Unicode 16.0 letter/digit/mark, 17.0 letter (unassigned in 16.0), special-token pieces.
+EXHAUSTIVE_ALPHABET = ("a", "Z", "é", "ʰ", "ا", "\u0301", "\u093e", "\u20dd", "\u3099", "0", "٣", "²", "Ⅻ",
+                       "!", "'", "<", ">", "+", "_", "¡", "\u2014", "€", "😀", "\u02c2", "中", "\u9fa6", "㐀", "あ",
+                       "ア", "\u30a0", "\u3040", "ー", "가", " ", "\r", "\n", "\t", "\x0b", "\x0c", "\x85",
+                       "\xa0", "\u2028", "\u3000", "\u1680", "\u200b", "\u180e", "\x1c", "\x00", "\ue000",
+                       "\u0378", "\u1c89", "\U0001e4f0", "\U00011f00", "\ua7ce", "｜", "▁")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +109,7 @@ def _char_class():
         from make_unicode_tables import char_class  # unicodedata2 16.0, as unicode_tables.inc
     except Exception:  # noqa: BLE001
         return None
-    return char_class
+    return functools.lru_cache(maxsize=None)(lambda c: char_class(ord(c)))
 
 
 L, M, N, P, S, SPACE = 1, 2, 4, 8, 16, 32
@@ -297,11 +309,20 @@ def main() -> int:
     ap.add_argument("--tokenizers", nargs="+", default=["v3", "v4"], choices=["v3", "v4"])
     ap.add_argument("--show", type=int, default=20, help="mismatches printed per tokenizer and mode")
     ap.add_argument("--minimize", type=int, default=0, help="shrink this many mismatches per tokenizer/mode")
+    ap.add_argument("--exhaustive", type=int, default=0, metavar="LEN",
+                    help="also every string of length 1..LEN over EXHAUSTIVE_ALPHABET (one character per "
+                         "behaviour the patterns distinguish)")
+    ap.add_argument("--check-splits", action="store_true",
+                    help="also compare the port's pre-tokens with HF's pre_tokenize_str for every string (plain "
+                         "mode; catches split differences that equal ids would hide)")
     args = ap.parse_args()
 
     import random
     rng = random.Random(args.seed)
     texts = [fuzz_string(rng) for _ in range(args.n)]
+    if args.exhaustive:
+        texts += ["".join(t) for k in range(1, args.exhaustive + 1)
+                  for t in itertools.product(EXHAUSTIVE_ALPHABET, repeat=k)]
     print(f"[fuzz] n={len(texts)} seed={args.seed} unique={len(set(texts))} "
           f"chars={sum(map(len, texts))} pool={ {k: len(v) for k, v in FUZZ_POOL.items()} }")
     cls = _char_class()
@@ -323,6 +344,18 @@ def main() -> int:
             total_bad += len(bad)
             summary.append((name, mode, len(bad), len(texts)))
             print(f"\n[{name} {mode}] mismatches: {len(bad)} / {len(texts)}  (hf {t1 - t0:.1f}s, whale {t2 - t1:.1f}s)")
+            if args.check_splits and mode == "plain" and cls is not None:
+                port_bad = split_bad = 0
+                first = []
+                for i, s in enumerate(texts):
+                    pids, ppieces = port_ids(pair["plain"], pair["spec"], s, mode, cls)
+                    port_bad += pids != wh[i]
+                    if ppieces != hf_pieces(pair["plain"], s):
+                        split_bad += 1
+                        first.append(s)
+                print(f"  port ids != whale ids: {port_bad}; port pre-tokens != HF pre-tokens: {split_bad}"
+                      + (f", first {first[:5]!r}" if first else ""))
+                total_bad += split_bad
             for i in bad[:args.show]:
                 s = texts[i]
                 print(f"  #{i} {s!r}")
