@@ -1,11 +1,12 @@
 // Chat renderings against transformers' apply_chat_template on the real templates
 // (tests/data/tokenizer/chat_golden.json, made by reference/make_tokenizer_golden.py).
+#include "tokenizer/chat_format.h"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "tests/test_util.h"
-#include "tokenizer/chat_format.h"
 
 namespace whale::tok {
 namespace {
@@ -36,7 +37,8 @@ std::vector<ChatMessage> messages_of(const json& list) {
   for (const auto& m : list) {
     ChatMessage msg;
     msg.role = m["role"].get<std::string>();
-    if (m.contains("content") && !m["content"].is_null()) msg.content = m["content"].get<std::string>();
+    if (m.contains("content") && !m["content"].is_null())
+      msg.content = m["content"].get<std::string>();
     if (m.contains("prefix")) msg.prefix = m["prefix"].get<bool>();
     if (m.contains("tool_calls") && m["tool_calls"].is_array()) {
       for (const auto& c : m["tool_calls"]) {
@@ -55,7 +57,8 @@ std::vector<ChatMessage> messages_of(const json& list) {
 
 const Tokenizer& v3_tokenizer() {
   static const Tokenizer t =
-      std::move(Tokenizer::load(std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer")).value();
+      std::move(Tokenizer::load(std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer"))
+          .value();
   return t;
 }
 
@@ -70,7 +73,8 @@ bool mentions_control_text(const std::vector<ChatMessage>& messages) {
 }
 
 TEST(ChatFormat, MatchesTransformersOnEveryGoldenCase) {
-  const json cases = json::parse(test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/tokenizer/chat_golden.json"));
+  const json cases = json::parse(
+      test::read_file(std::string(WHALE_TEST_DATA_DIR) + "/tokenizer/chat_golden.json"));
   ASSERT_GE(cases.size(), 60u);
   size_t checked_ids = 0;
   for (const auto& c : cases) {
@@ -116,7 +120,8 @@ TEST(ChatFormat, RejectsMalformedConversations) {
   const std::vector<ChatMessage> bad_role = {{"narrator", std::string("hi"), {}, false}};
   auto r = render_chat(ChatFormat::kV3, bad_role, {});
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().to_string().find("messages[0].role: unknown role \"narrator\""), std::string::npos);
+  EXPECT_NE(r.error().to_string().find("messages[0].role: unknown role \"narrator\""),
+            std::string::npos);
   const std::vector<ChatMessage> empty_assistant = {{"assistant", std::nullopt, {}, false}};
   EXPECT_FALSE(render_chat(ChatFormat::kV31, empty_assistant, {}).ok());
   const std::vector<ChatMessage> no_content = {{"user", std::nullopt, {}, false}};
@@ -127,7 +132,8 @@ TEST(ChatFormat, DetectsTheFormatFromTheTemplate) {
   const auto v3 = Tokenizer::load(std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer");
   ASSERT_TRUE(v3.ok());
   EXPECT_EQ(detect_chat_format(v3->config().chat_template), ChatFormat::kV3);
-  EXPECT_EQ(detect_chat_format("{{'<｜User｜>'}}{% if '</think>' in content %}{{'<think>\\n'}}"), ChatFormat::kR1);
+  EXPECT_EQ(detect_chat_format("{{'<｜User｜>'}}{% if '</think>' in content %}{{'<think>\\n'}}"),
+            ChatFormat::kR1);
   EXPECT_EQ(detect_chat_format("{{'<｜User｜>'}}{{'<think></think>'}}"), ChatFormat::kV31);
   EXPECT_EQ(detect_chat_format("{{ messages }}"), std::nullopt);
   EXPECT_FALSE(parse_chat_format("v2").ok());

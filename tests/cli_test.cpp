@@ -163,5 +163,92 @@ TEST(Cli, SynthWritesALoadableCheckpoint) {
   EXPECT_NE(out.find("already exists"), std::string::npos) << out;
 }
 
+// A random model with the real tokenizer, made once for the generation commands.
+class CliGeneration : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    auto j = nlohmann::json::parse(test::read_file(test::fixture_dir("v3_yarn") + "/config.json"));
+    j["vocab_size"] = 129280;
+    test::write_file(dir_->file("config.json"), j.dump());
+    std::string out;
+    ASSERT_EQ(
+        run_command(whale() + " synth " + q(dir_->file("config.json")) + " " + q(dir_->file("m")),
+                    &out),
+        0)
+        << out;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::copy_file(
+          std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer/" + f,
+          dir_->file("m/") + f);
+    }
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string model() { return q(dir_->file("m")); }
+  static test::TempDir* dir_;
+};
+test::TempDir* CliGeneration::dir_ = nullptr;
+
+TEST_F(CliGeneration, RunStreamsAndReportsTiming) {
+  std::string out;
+  ASSERT_EQ(run_command(whale() + " run " + model() + " -p 'Hello' -n 5 --temp 0", &out), 0) << out;
+  EXPECT_NE(out.find("prompt: 2 tokens"), std::string::npos) << out;  // BOS + "Hello"
+  EXPECT_NE(out.find("generated: 5 tokens"), std::string::npos) << out;
+  ASSERT_EQ(
+      run_command(whale() + " run " + model() + " --chat --system 'Be brief.' -p 'Hi' -n 3", &out),
+      0)
+      << out;
+  EXPECT_NE(out.find("generated: 3 tokens"), std::string::npos) << out;
+  // An empty prompt is just BOS.
+  ASSERT_EQ(run_command(whale() + " run " + model() + " -p '' -n 2", &out), 0) << out;
+  EXPECT_NE(out.find("prompt: 1 tokens"), std::string::npos) << out;
+  // Same seed, same text.
+  std::string a, b;
+  ASSERT_EQ(
+      run_command("(" + whale() + " run " + model() + " -p x -n 8 --temp 1 --seed 5 2>/dev/null)",
+                  &a),
+      0);
+  ASSERT_EQ(
+      run_command("(" + whale() + " run " + model() + " -p x -n 8 --temp 1 --seed 5 2>/dev/null)",
+                  &b),
+      0);
+  EXPECT_GT(a.size(), 3u);
+  EXPECT_EQ(a, b);
+}
+
+TEST_F(CliGeneration, BadInputGivesOneClearMessage) {
+  const std::vector<BadCase> cases = {
+      {"run /nonexistent -p hi", "config.json not found"},
+      {"run " + q(test::fixture_dir("v2_lite")) + " -p hi", "tokenizer.json not found"},
+      {"run " + model() + " -p hi --temp -1", "temperature: must be in [0, 100]"},
+      {"run " + model() + " -p hi --top-p 1.5", "top_p: must be in (0, 1]"},
+      {"run " + model() + " -p hi --top-k -5", "top_k"},
+      {"run " + model() + " -p hi -n -1", "--max-tokens"},
+      {"run " + model() + " -p 'one two three four five six seven eight nine ten' --ctx 8",
+       "the context holds 8"},
+      {"run " + model() + " -p hi --chat-format v9 --chat", "unknown chat format \"v9\""},
+      {"chat /nonexistent", "config.json not found"},
+  };
+  for (const auto& c : cases) {
+    std::string out;
+    EXPECT_EQ(run_command(whale() + " " + c.args + " < /dev/null", &out), 2) << c.args << "\n"
+                                                                             << out;
+    EXPECT_NE(out.find(c.expected), std::string::npos) << c.args << "\n" << out;
+  }
+  std::string out;
+  EXPECT_EQ(run_command("env -u WHALE_MODEL " + whale() + " run -p hi", &out), 2);
+  EXPECT_NE(out.find("no model given"), std::string::npos) << out;
+}
+
+TEST_F(CliGeneration, ChatReadsPipedInput) {
+  std::string out;
+  ASSERT_EQ(run_command("printf 'Hello\\n/reset\\nAgain\\n' | " + whale() + " chat " + model() +
+                            " -n 4 --temp 0",
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("(conversation cleared)"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace whale

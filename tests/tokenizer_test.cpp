@@ -1,15 +1,16 @@
 // The tokenizer against HF tokenizers' ids (tests/data/tokenizer, made by reference/), and its
 // own invariants: round trips, streaming, bad input.
+#include "tokenizer/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <functional>
-#include <stdexcept>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "tests/test_util.h"
-#include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
 
 namespace whale::tok {
@@ -40,7 +41,8 @@ std::vector<std::string> read_jsonl_field(const std::string& path, const char* f
   std::ifstream in(path);
   std::vector<std::string> out;
   std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)[field].get<std::string>());
+  while (std::getline(in, line))
+    out.push_back(nlohmann::json::parse(line)[field].get<std::string>());
   return out;
 }
 
@@ -55,13 +57,16 @@ TEST(Tokenizer, PublishedVectors) {
   EXPECT_EQ(ids_of(v3(), "Hello world", SpecialTokens::kIgnore), (V{19923, 2058}));
   EXPECT_EQ(ids_of(v3(), " 12345 abc", SpecialTokens::kIgnore), (V{223, 6895, 1883, 71490}));
   EXPECT_EQ(ids_of(v3(), "3333333", SpecialTokens::kIgnore), (V{11722, 11722, 21}));
-  EXPECT_EQ(ids_of(v3(), "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～", SpecialTokens::kIgnore),
-            (V{19923, 14, 383, 98513, 3, 1730, 477, 440, 53769, 226, 4054, 11458, 445, 42123, 1472, 9049,
-               19453, 19, 954, 9596}));
-  EXPECT_EQ(ids_of(v3(), "<｜User｜>Hi<｜Assistant｜>", SpecialTokens::kParse), (V{128803, 23166, 128804}));
-  EXPECT_EQ(ids_of(v4(), "<｜User｜>你好<｜Assistant｜><think>推理</think>答案<｜end▁of▁sentence｜>",
-                   SpecialTokens::kParse),
-            (V{128803, 30594, 128804, 128821, 36101, 128822, 7624, 1}));
+  EXPECT_EQ(ids_of(v3(), "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～",
+                   SpecialTokens::kIgnore),
+            (V{19923, 14,    383, 98513, 3,    1730, 477,   440, 53769, 226,
+               4054,  11458, 445, 42123, 1472, 9049, 19453, 19,  954,   9596}));
+  EXPECT_EQ(ids_of(v3(), "<｜User｜>Hi<｜Assistant｜>", SpecialTokens::kParse),
+            (V{128803, 23166, 128804}));
+  EXPECT_EQ(
+      ids_of(v4(), "<｜User｜>你好<｜Assistant｜><think>推理</think>答案<｜end▁of▁sentence｜>",
+             SpecialTokens::kParse),
+      (V{128803, 30594, 128804, 128821, 36101, 128822, 7624, 1}));
 }
 
 TEST(Tokenizer, UserTextNeverBecomesControlTokens) {
@@ -93,7 +98,8 @@ void check_golden(const Tokenizer& t, const std::string& golden_file) {
     const auto plain = ids_of(t, texts[n], SpecialTokens::kIgnore);
     if (special != golden["special"].get<std::vector<int32_t>>() ||
         plain != golden["plain"].get<std::vector<int32_t>>()) {
-      if (++mismatches <= 5) ADD_FAILURE() << golden_file << " line " << n + 1 << ": " << texts[n].substr(0, 80);
+      if (++mismatches <= 5)
+        ADD_FAILURE() << golden_file << " line " << n + 1 << ": " << texts[n].substr(0, 80);
     }
   }
   EXPECT_EQ(n, texts.size());
@@ -144,7 +150,8 @@ TEST(Tokenizer, DecodeRejectsIdsOutOfRange) {
   const std::vector<int32_t> bad = {19923, 129280};
   auto r = v3().decode(bad);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().to_string().find("token id 129280 at index 1 is not in the vocabulary"), std::string::npos);
+  EXPECT_NE(r.error().to_string().find("token id 129280 at index 1 is not in the vocabulary"),
+            std::string::npos);
   EXPECT_FALSE(v3().decode(std::vector<int32_t>{-1}).ok());
   StreamDecoder stream(v3());
   EXPECT_FALSE(stream.push(1 << 30).ok());
@@ -152,11 +159,21 @@ TEST(Tokenizer, DecodeRejectsIdsOutOfRange) {
 
 TEST(Tokenizer, InvalidUtf8IsReplacedLikeHf) {
   // One U+FFFD per maximal invalid sequence, then tokenized as text.
-  EXPECT_EQ(repair_utf8("a\xFF" "b"), "a\xEF\xBF\xBD" "b");
-  EXPECT_EQ(repair_utf8("\xE2\x82"), "\xEF\xBF\xBD");             // truncated 3-byte sequence
+  EXPECT_EQ(repair_utf8("a\xFF"
+                        "b"),
+            "a\xEF\xBF\xBD"
+            "b");
+  EXPECT_EQ(repair_utf8("\xE2\x82"), "\xEF\xBF\xBD");  // truncated 3-byte sequence
   EXPECT_EQ(repair_utf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
-  EXPECT_EQ(repair_utf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong
-  EXPECT_EQ(ids_of(v3(), "a\xFF" "b", SpecialTokens::kIgnore), ids_of(v3(), "a\xEF\xBF\xBD" "b", SpecialTokens::kIgnore));
+  EXPECT_EQ(repair_utf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // overlong
+  EXPECT_EQ(ids_of(v3(),
+                   "a\xFF"
+                   "b",
+                   SpecialTokens::kIgnore),
+            ids_of(v3(),
+                   "a\xEF\xBF\xBD"
+                   "b",
+                   SpecialTokens::kIgnore));
   EXPECT_EQ(complete_utf8_prefix("ab\xF0\x9F\x98"), 2u);
   EXPECT_EQ(complete_utf8_prefix("ab\xF0\x9F\x98\x81"), 6u);
   EXPECT_EQ(complete_utf8_prefix("ab\xFF"), 3u);  // invalid, not pending: let it out (as U+FFFD)
@@ -165,14 +182,15 @@ TEST(Tokenizer, InvalidUtf8IsReplacedLikeHf) {
 TEST(Tokenizer, LongInputsEncodeInLinearTime) {
   // One 4 MB "word", one 4 MB run of spaces and 1 MB of digits: single pieces for the regexes
   // and for BPE. Quadratic behaviour would take minutes here.
-  for (const std::string& text : {std::string(4 << 20, 'a'), std::string(4 << 20, ' '),
-                                  std::string(1 << 20, '7') + "x"}) {
+  for (const std::string& text :
+       {std::string(4 << 20, 'a'), std::string(4 << 20, ' '), std::string(1 << 20, '7') + "x"}) {
     const auto start = std::chrono::steady_clock::now();
     auto ids = v3().encode(text, SpecialTokens::kIgnore);
     ASSERT_TRUE(ids.ok());
     EXPECT_FALSE(ids->empty());
     EXPECT_EQ(*v3().decode(*ids), text);
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_LT(s, 60.0);  // a guard against hangs, not a speed goal
   }
 }
@@ -187,14 +205,19 @@ TEST(Tokenizer, MalformedTokenizerJsonGivesClearErrors) {
   const std::vector<Case> cases = {
       {[](auto& j) { j.erase("model"); }, "model: missing object"},
       {[](auto& j) { j["model"]["type"] = "WordPiece"; }, "model.type: only BPE"},
-      {[](auto& j) { j["model"]["vocab"] = nlohmann::json::array(); }, "model.vocab: missing object"},
+      {[](auto& j) { j["model"]["vocab"] = nlohmann::json::array(); },
+       "model.vocab: missing object"},
       {[](auto& j) { j["model"]["vocab"]["!"] = "one"; }, "id must be an integer"},
       {[](auto& j) { j["model"]["merges"][0] = "abc"; }, "is not \"left right\""},
-      {[](auto& j) { j["model"]["merges"].push_back("Ġ zzzzzz"); }, "uses a token missing from the vocab"},
+      {[](auto& j) { j["model"]["merges"].push_back("Ġ zzzzzz"); },
+       "uses a token missing from the vocab"},
       {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][2]["pattern"]["Regex"] = "(a+)+$"; },
        "unknown Split pattern"},
       {[](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; }, "Isolated"},
-      {[](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; }, "normalizers are not supported"},
+      {[](auto& j) {
+         j["normalizer"] = {{"type", "NFKC"}};
+       },
+       "normalizers are not supported"},
       {[](auto& j) { j["added_tokens"][0].erase("id"); }, "added_tokens"},
       {[](auto& j) { j["decoder"] = nullptr; }, "decoder: must be ByteLevel"},
       {[](auto& j) { j["model"]["vocab"].erase("!"); }, "byte 33 has no token"},

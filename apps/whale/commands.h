@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "sampling/sampler.h"
 
 namespace whale::app {
 
@@ -59,6 +60,35 @@ struct TemplateArgs {
 };
 void add_template_command(CLI::App& app, TemplateArgs& args);
 int run_template(const TemplateArgs& args);
+
+// Options shared by run and chat.
+struct GenerationArgs {
+  std::string model_dir;
+  int64_t max_tokens = 512;
+  sampling::SamplingParams sampling;
+  std::vector<std::string> stop;
+  std::string system;
+  std::string chat_format;
+  bool thinking = false;
+  int threads = 0;
+  int64_t context = 4096;
+};
+void add_generation_options(CLI::App* cmd, GenerationArgs& args);
+
+struct RunArgs {
+  GenerationArgs gen;
+  std::string prompt;
+  bool chat = false;
+};
+void add_run_command(CLI::App& app, RunArgs& args);
+int run_run(const RunArgs& args);
+
+struct ChatArgs {
+  GenerationArgs gen;
+  bool hide_thinking = false;
+};
+void add_chat_command(CLI::App& app, ChatArgs& args);
+int run_chat(const ChatArgs& args);
 
 struct SynthArgs {
   std::string config;

@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
   whale::app::SynthArgs synth;
   whale::app::TokenizeArgs tokenize;
   whale::app::add_tokenize_commands(app, tokenize);
+  whale::app::RunArgs run;
+  whale::app::add_run_command(app, run);
+  whale::app::ChatArgs chat;
+  whale::app::add_chat_command(app, chat);
   whale::app::TemplateArgs chat_template;
   whale::app::add_template_command(app, chat_template);
   whale::app::add_synth_command(app, synth);
@@ -33,6 +37,8 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints help or the parse error
     return code == 0 ? 0 : whale::app::kExitBadInput;
   }
+  if (app.got_subcommand("run")) return whale::app::run_run(run);
+  if (app.got_subcommand("chat")) return whale::app::run_chat(chat);
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);

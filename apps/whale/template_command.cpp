@@ -25,7 +25,8 @@ namespace {
 
 using nlohmann::json;
 
-Result<std::vector<tok::ChatMessage>> parse_messages(const std::string& text, const std::string& path) {
+Result<std::vector<tok::ChatMessage>> parse_messages(const std::string& text,
+                                                     const std::string& path) {
   const json list = json::parse(text, nullptr, false);
   if (list.is_discarded() || !list.is_array()) {
     return make_error("must be a JSON list of messages", {}, path);
@@ -40,12 +41,14 @@ Result<std::vector<tok::ChatMessage>> parse_messages(const std::string& text, co
     tok::ChatMessage msg;
     msg.role = m["role"].get<std::string>();
     if (m.contains("content") && !m["content"].is_null()) {
-      if (!m["content"].is_string()) return make_error("must be a string or null", field + ".content", path);
+      if (!m["content"].is_string())
+        return make_error("must be a string or null", field + ".content", path);
       msg.content = m["content"].get<std::string>();
     }
     if (m.contains("prefix")) msg.prefix = m["prefix"].is_boolean() && m["prefix"].get<bool>();
     if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
-      if (!m["tool_calls"].is_array()) return make_error("must be a list", field + ".tool_calls", path);
+      if (!m["tool_calls"].is_array())
+        return make_error("must be a list", field + ".tool_calls", path);
       for (const json& c : m["tool_calls"]) {
         if (!c.is_object() || !c.contains("function") || !c["function"].is_object() ||
             !c["function"].contains("name") || !c["function"]["name"].is_string()) {
@@ -82,9 +85,9 @@ int run_template(const TemplateArgs& args) {
   } else if (auto f = tok::detect_chat_format(tokenizer->config().chat_template)) {
     format = *f;
   } else {
-    return report("template", make_error("the model's chat template is not one whale knows",
-                                         "chat_template", args.dir,
-                                         "pass --chat-format v3, r1 or v3.1"));
+    return report("template",
+                  make_error("the model's chat template is not one whale knows", "chat_template",
+                             args.dir, "pass --chat-format v3, r1 or v3.1"));
   }
   tok::ChatOptions options;
   options.thinking = args.thinking;

@@ -204,7 +204,8 @@ uint64_t Checkpoint::total_bytes() const {
   return n;
 }
 
-Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
+Result<Checkpoint> Checkpoint::open_dir(const std::string& dir,
+                                        const std::function<void(size_t, size_t)>& progress) {
   Checkpoint ckpt;
   ckpt.dir_ = dir;
   std::error_code ec;
@@ -250,7 +251,9 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
       return make_error("no .safetensors files and no model.safetensors.index.json", {}, dir);
     }
   }
-  for (const auto& shard : shard_names) {
+  for (size_t k = 0; k < shard_names.size(); ++k) {
+    const std::string& shard = shard_names[k];
+    if (progress) progress(k, shard_names.size());
     WHALE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::open((fs::path(dir) / shard).string()));
     for (const auto& [name, t] : file->tensors()) {
       if (sharded) {
@@ -264,6 +267,7 @@ Result<Checkpoint> Checkpoint::open_dir(const std::string& dir) {
     }
     ckpt.files_.push_back(std::move(file));
   }
+  if (progress) progress(shard_names.size(), shard_names.size());
   if (sharded) {
     for (const auto& [name, file] : weight_map.items()) {
       if (!ckpt.by_name_.count(name)) {

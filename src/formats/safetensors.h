@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -54,7 +55,9 @@ Result<std::map<std::string, StoredTensor>> parse_safetensors_header(
 // single *.safetensors files in the directory when there is no index.
 class Checkpoint {
  public:
-  static Result<Checkpoint> open_dir(const std::string& dir);
+  // `progress(done, total)`, if given, is called as each file is opened and checked.
+  static Result<Checkpoint> open_dir(const std::string& dir,
+                                     const std::function<void(size_t, size_t)>& progress = {});
 
   // nullptr when absent.
   const StoredTensor* find(const std::string& name) const;

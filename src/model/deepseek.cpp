@@ -17,10 +17,11 @@ Status validate_token_ids(std::span<const int32_t> ids, int64_t vocab_size) {
   return ok_status();
 }
 
-Result<Model> Model::load(const std::string& model_dir) {
+Result<Model> Model::load(const std::string& model_dir,
+                          const std::function<void(size_t, size_t)>& progress) {
   Model m;
   WHALE_ASSIGN_OR_RETURN(m.config_, load_config(model_dir));
-  WHALE_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open_dir(model_dir));
+  WHALE_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open_dir(model_dir, progress));
   m.checkpoint_ = std::make_unique<Checkpoint>(std::move(ckpt));
   WHALE_ASSIGN_OR_RETURN(m.weights_, bind_weights(m.config_, *m.checkpoint_));
   m.rope_ = make_rope_tables(m.config_);

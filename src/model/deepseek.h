@@ -26,7 +26,9 @@ struct ForwardOptions {
 class Model {
  public:
   // Maps the checkpoint in MODEL_DIR and binds every weight in place (no copies).
-  static Result<Model> load(const std::string& model_dir);
+  // `progress(done, total)` reports the checkpoint files opened so far.
+  static Result<Model> load(const std::string& model_dir,
+                            const std::function<void(size_t, size_t)>& progress = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

@@ -16,7 +16,8 @@ bool is_space(uint32_t cp) {
 
 // ASCII approximation of HF's word character (alphanumeric or '_') for single_word tokens.
 bool is_word_byte(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+         static_cast<unsigned char>(c) >= 0x80;
 }
 
 }  // namespace

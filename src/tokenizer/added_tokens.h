@@ -20,7 +20,7 @@ struct AddedToken {
 
 // A piece of text to tokenize, or an added token already identified.
 struct Segment {
-  size_t begin, end;  // byte range in the text
+  size_t begin, end;   // byte range in the text
   int32_t token = -1;  // the added token's id, or -1 for plain text
 };
 
@@ -34,7 +34,7 @@ class AddedTokenMatcher {
  private:
   struct Node {
     std::vector<std::pair<uint8_t, int32_t>> children;  // sorted by byte
-    int32_t token = -1;  // index into tokens_ when a token ends here
+    int32_t token = -1;                                 // index into tokens_ when a token ends here
   };
   int32_t child(int32_t node, uint8_t b) const;
   // Longest token starting at i (index into tokens_, or -1), and its length.

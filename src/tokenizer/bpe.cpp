@@ -67,13 +67,16 @@ void Bpe::merge_all(std::vector<int32_t>& sym) const {
   }
   struct Candidate {
     int32_t rank, pos;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
   auto push = [&](int32_t pos) {
     const int32_t nx = next[static_cast<size_t>(pos)];
     if (nx < 0) return;
-    const auto it = merges_.find(pair_key(sym[static_cast<size_t>(pos)], sym[static_cast<size_t>(nx)]));
+    const auto it =
+        merges_.find(pair_key(sym[static_cast<size_t>(pos)], sym[static_cast<size_t>(nx)]));
     if (it != merges_.end()) heap.push({it->second.rank, pos});
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);

@@ -47,7 +47,8 @@ Status check_roles(std::span<const ChatMessage> messages) {
     if (m.role != "assistant" && !m.tool_calls.empty()) {
       return make_error("only assistant messages carry tool_calls", field);
     }
-    if (m.role != "assistant" && !m.content) return make_error("content is missing", field + ".content");
+    if (m.role != "assistant" && !m.content)
+      return make_error("content is missing", field + ".content");
     if (m.role == "assistant" && !m.content && m.tool_calls.empty()) {
       return make_error("an assistant message needs content or tool_calls", field);
     }
@@ -70,7 +71,8 @@ void write_system(Writer& w, std::span<const ChatMessage> messages, bool join) {
 }
 
 // V3 and R1 share everything but the system prompt, earlier reasoning and the answer prompt.
-RenderedChat render_v3_family(std::span<const ChatMessage> messages, const ChatOptions& o, bool r1) {
+RenderedChat render_v3_family(std::span<const ChatMessage> messages, const ChatOptions& o,
+                              bool r1) {
   Writer w;
   w.control(o.bos_token);
   write_system(w, messages, /*join=*/!r1);

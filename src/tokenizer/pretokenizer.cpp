@@ -11,7 +11,8 @@ namespace {
 constexpr std::string_view kDigitsRegex = R"(\p{N}{1,3})";
 constexpr std::string_view kCjkKanaRegex = "[\u4E00-\u9FA5\u3040-\u309F\u30A0-\u30FF]+";
 constexpr std::string_view kWordsRegex =
-    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    "[!\"#$%&'()*+,\\-./"
+    ":;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
     " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 
 constexpr size_t kNone = std::string_view::npos;
@@ -79,7 +80,8 @@ size_t match_words(const Scanner& sc, size_t i) {
   }
   // [^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+
   const bool optional_ok = !is_cr_lf(c0.cp) && !(c0.cls & (kLetter | kPunctuation | kSymbol));
-  if (optional_ok && has_next && (c1.cls & (kLetter | kMark))) return sc.run(c1.next, kLetter | kMark);
+  if (optional_ok && has_next && (c1.cls & (kLetter | kMark)))
+    return sc.run(c1.next, kLetter | kMark);
   if (c0.cls & (kLetter | kMark)) return sc.run(c0.next, kLetter | kMark);
   // ' ?[\p{P}\p{S}]+[\r\n]*'
   size_t ps = kNone;

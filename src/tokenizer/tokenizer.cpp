@@ -100,7 +100,8 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
       return true;
     }
     const bool in_model = path[1] == "model";
-    if (in_model && depth == 2 && event == json::parse_event_t::object_start && path[2] == "vocab") {
+    if (in_model && depth == 2 && event == json::parse_event_t::object_start &&
+        path[2] == "vocab") {
       vocab_is_object = true;
     }
     if (in_model && depth == 3 && path[2] == "vocab") {
@@ -161,9 +162,11 @@ Result<Tokenizer> Tokenizer::from_json(const std::string& json_text, const std::
     if (!added_it->is_array()) return field_error("added_tokens", "must be a list", source);
     for (const auto& a : *added_it) {
       if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
-          !a.contains("content") || !a["content"].is_string() || a["content"].get<std::string>().empty() ||
-          a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= kMaxVocab) {
-        return field_error("added_tokens", "each entry needs an integer id in [0, 2^24) and non-empty content",
+          !a.contains("content") || !a["content"].is_string() ||
+          a["content"].get<std::string>().empty() || a["id"].get<int64_t>() < 0 ||
+          a["id"].get<int64_t>() >= kMaxVocab) {
+        return field_error("added_tokens",
+                           "each entry needs an integer id in [0, 2^24) and non-empty content",
                            source);
       }
       AddedToken tok;
@@ -367,7 +370,8 @@ Result<std::vector<int32_t>> Tokenizer::encode_with_scaffolding(
     bool inside = false;
     if (s.token >= 0) {
       while (k < scaffolding.size() && scaffolding[k].end <= s.begin) ++k;
-      inside = k < scaffolding.size() && scaffolding[k].begin <= s.begin && s.end <= scaffolding[k].end;
+      inside =
+          k < scaffolding.size() && scaffolding[k].begin <= s.begin && s.end <= scaffolding[k].end;
     }
     if (s.token >= 0 && inside) {
       segments.push_back(s);

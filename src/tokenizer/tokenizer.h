@@ -51,7 +51,9 @@ class Tokenizer {
 
   // Ids are [0, vocab_size()); some ids in the range may be unused.
   int32_t vocab_size() const { return static_cast<int32_t>(token_bytes_.size()); }
-  bool is_valid_id(int32_t id) const { return id >= 0 && id < vocab_size() && defined_[static_cast<size_t>(id)]; }
+  bool is_valid_id(int32_t id) const {
+    return id >= 0 && id < vocab_size() && defined_[static_cast<size_t>(id)];
+  }
   // The bytes a token decodes to.
   const std::string& token_bytes(int32_t id) const { return token_bytes_[static_cast<size_t>(id)]; }
   // Id of an added token or vocabulary entry spelled exactly `text`.

@@ -92,7 +92,7 @@ size_t complete_utf8_prefix(std::string_view s) {
   for (size_t back = 1; back <= 3 && back <= s.size(); ++back) {
     const size_t i = s.size() - back;
     const auto b = static_cast<uint8_t>(s[i]);
-    if ((b & 0xC0) == 0x80) continue;  // continuation byte: look further back
+    if ((b & 0xC0) == 0x80) continue;           // continuation byte: look further back
     if (b < 0xC2 || b > 0xF4) return s.size();  // ASCII, or a byte that starts nothing
     if (utf8_sequence_length(s, i) != 0) return s.size();
     // A lead byte whose sequence runs past the end: hold it back if what is there is valid.

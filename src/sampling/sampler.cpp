@@ -1,0 +1,164 @@
+#include "sampling/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <unordered_set>
+
+namespace whale::sampling {
+
+Status validate(const SamplingParams& p, int64_t vocab_size) {
+  auto bad = [](const char* field, const std::string& why) { return make_error(why, field); };
+  if (!std::isfinite(p.temperature) || p.temperature < 0 || p.temperature > 100) {
+    return bad("temperature", "must be in [0, 100]");
+  }
+  if (p.top_k < 0) return bad("top_k", "must be 0 (off) or positive");
+  if (!std::isfinite(p.top_p) || p.top_p <= 0 || p.top_p > 1)
+    return bad("top_p", "must be in (0, 1]");
+  if (!std::isfinite(p.min_p) || p.min_p < 0 || p.min_p > 1)
+    return bad("min_p", "must be in [0, 1]");
+  if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0 ||
+      p.repetition_penalty > 10) {
+    return bad("repetition_penalty", "must be in (0, 10]");
+  }
+  if (!std::isfinite(p.frequency_penalty) || std::fabs(p.frequency_penalty) > 2) {
+    return bad("frequency_penalty", "must be in [-2, 2]");
+  }
+  if (!std::isfinite(p.presence_penalty) || std::fabs(p.presence_penalty) > 2) {
+    return bad("presence_penalty", "must be in [-2, 2]");
+  }
+  for (const auto& [id, bias] : p.logit_bias) {
+    if (id < 0 || id >= vocab_size) {
+      return bad("logit_bias", "token id " + std::to_string(id) + " is outside the vocabulary");
+    }
+    if (!std::isfinite(bias) || std::fabs(bias) > 100)
+      return bad("logit_bias", "values must be in [-100, 100]");
+  }
+  return ok_status();
+}
+
+namespace {
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  for (auto& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+Sampler::Sampler(SamplingParams params, int64_t vocab_size)
+    : p_(std::move(params)), vocab_(vocab_size), rng_(p_.seed) {}
+
+void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> prompt) const {
+  for (const auto& [id, bias] : p_.logit_bias) logits[static_cast<size_t>(id)] += bias;
+  if (p_.repetition_penalty != 1.0f) {
+    std::unordered_set<int32_t> seen(prompt.begin(), prompt.end());
+    for (const auto& [id, n] : counts_) seen.insert(id);
+    for (int32_t id : seen) {
+      if (id < 0 || id >= vocab_) continue;
+      float& l = logits[static_cast<size_t>(id)];
+      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+    }
+  }
+  if (p_.frequency_penalty != 0.0f || p_.presence_penalty != 0.0f) {
+    for (const auto& [id, n] : counts_) {
+      logits[static_cast<size_t>(id)] -=
+          p_.frequency_penalty * static_cast<float>(n) + p_.presence_penalty;
+    }
+  }
+}
+
+std::vector<double> Sampler::distribution(std::span<float> logits,
+                                          std::span<const int32_t> prompt) const {
+  apply_penalties(logits, prompt);
+  std::vector<double> prob(logits.size(), 0.0);
+  if (p_.temperature == 0.0f) {
+    prob[static_cast<size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())] =
+        1.0;
+    return prob;
+  }
+  // Candidates sorted by logit, largest first (lower id first among equals).
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  size_t keep = order.size();
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+           (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+  };
+  if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < keep) {
+    keep = static_cast<size_t>(p_.top_k);
+    std::partial_sort(order.begin(), order.begin() + static_cast<long>(keep), order.end(),
+                      by_logit);
+  } else {
+    std::sort(order.begin(), order.end(), by_logit);
+  }
+  order.resize(keep);
+  const double max_logit = logits[static_cast<size_t>(order[0])] / double(p_.temperature);
+  std::vector<double> p(keep);
+  double sum = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    p[i] = std::exp(logits[static_cast<size_t>(order[i])] / double(p_.temperature) - max_logit);
+    sum += p[i];
+  }
+  for (double& x : p) x /= sum;
+  if (p_.top_p < 1.0f) {
+    double cum = 0;
+    size_t n = 0;
+    while (n < keep) {
+      cum += p[n++];
+      if (cum >= p_.top_p) break;
+    }
+    keep = n;
+  }
+  if (p_.min_p > 0.0f) {
+    const double floor = p_.min_p * p[0];
+    size_t n = 1;
+    while (n < keep && p[n] >= floor) ++n;
+    keep = n;
+  }
+  double kept = 0;
+  for (size_t i = 0; i < keep; ++i) kept += p[i];
+  for (size_t i = 0; i < keep; ++i) prob[static_cast<size_t>(order[i])] = p[i] / kept;
+  return prob;
+}
+
+int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt) {
+  int32_t chosen;
+  if (p_.temperature == 0.0f) {
+    apply_penalties(logits, prompt);
+    chosen = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  } else {
+    const std::vector<double> prob = distribution(logits, prompt);
+    double u = rng_.uniform();
+    chosen = -1;
+    for (size_t i = 0; i < prob.size(); ++i) {
+      if (prob[i] <= 0) continue;
+      chosen = static_cast<int32_t>(i);
+      if (u < prob[i]) break;
+      u -= prob[i];
+    }
+  }
+  ++counts_[chosen];
+  return chosen;
+}
+
+}  // namespace whale::sampling
