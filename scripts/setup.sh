@@ -6,6 +6,7 @@ packages=(
   nlohmann-json3-dev               # config.json, safetensors headers, tokenizer.json
   libcli11-dev                     # the whale command line
   libgtest-dev libgmock-dev        # tests
+  python3                          # the chat test drives `whale chat` through a pseudo-terminal
 )
 missing=()
 for p in "${packages[@]}"; do
