@@ -5,8 +5,9 @@ packages=(
   g++ cmake ninja-build            # C++20 toolchain
   nlohmann-json3-dev               # config.json, safetensors headers, tokenizer.json
   libcli11-dev                     # the whale command line
+  libcpp-httplib-dev pkg-config    # whale serve
   libgtest-dev libgmock-dev        # tests
-  python3                          # the chat test drives `whale chat` through a pseudo-terminal
+  python3 python3-venv             # pty and HTTP tests (the openai client in a virtualenv)
 )
 missing=()
 for p in "${packages[@]}"; do

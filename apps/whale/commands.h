@@ -90,6 +90,21 @@ struct ChatArgs {
 void add_chat_command(CLI::App& app, ChatArgs& args);
 int run_chat(const ChatArgs& args);
 
+struct ServeArgs {
+  std::string model_dir;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  int parallel = 4;
+  int queue = 64;
+  int64_t context = 4096;
+  int threads = 0;
+  std::string chat_format;
+  int grace_seconds = 30;
+};
+void add_serve_command(CLI::App& app, ServeArgs& args);
+int run_serve(const ServeArgs& args);
+
 struct SynthArgs {
   std::string config;
   std::string out_dir;

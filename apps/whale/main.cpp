@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   whale::app::add_tokenize_commands(app, tokenize);
   whale::app::RunArgs run;
   whale::app::add_run_command(app, run);
+  whale::app::ServeArgs serve;
+  whale::app::add_serve_command(app, serve);
   whale::app::ChatArgs chat;
   whale::app::add_chat_command(app, chat);
   whale::app::TemplateArgs chat_template;
@@ -39,6 +41,7 @@ int main(int argc, char** argv) {
   }
   if (app.got_subcommand("run")) return whale::app::run_run(run);
   if (app.got_subcommand("chat")) return whale::app::run_chat(chat);
+  if (app.got_subcommand("serve")) return whale::app::run_serve(serve);
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);

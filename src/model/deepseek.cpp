@@ -31,29 +31,54 @@ Result<Model> Model::load(const std::string& model_dir,
 
 Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<const int32_t> ids,
                                           KvCache& cache, const ForwardOptions& options) const {
+  const BatchItem item{ids, &cache, options.all_logits};
+  return forward_batch(ops, std::span(&item, 1), options.attention);
+}
+
+Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
+                                                std::span<const BatchItem> items,
+                                                AttentionForm attention) const {
   const ModelConfig& c = config_;
-  WHALE_TRY(validate_token_ids(ids, c.vocab_size));
-  const auto n = static_cast<int64_t>(ids.size());
-  const int64_t n_past = cache.size();
-  if (cache.width() != c.kv_cache_width() || cache.layers() != c.num_hidden_layers) {
-    return make_error("the KV cache was made for another model", "cache");
-  }
-  if (n_past + n > c.max_position_embeddings) {
-    return make_error(std::to_string(n_past + n) + " tokens exceed the model's context of " +
-                          std::to_string(c.max_position_embeddings) + " (max_position_embeddings)",
-                      "ids");
-  }
-  if (n_past + n > cache.capacity()) {
-    return make_error("context is full: " + std::to_string(n_past) + " cached + " +
-                          std::to_string(n) + " new tokens exceed the cache of " +
-                          std::to_string(cache.capacity()),
-                      "ctx", {}, "start a new sequence or allocate a larger cache");
+  if (items.empty()) return make_error("no sequences given", "batch");
+  int64_t n = 0, n_out = 0;
+  for (const BatchItem& item : items) {
+    WHALE_TRY(validate_token_ids(item.ids, c.vocab_size));
+    const KvCache& cache = *item.cache;
+    const auto len = static_cast<int64_t>(item.ids.size());
+    if (cache.width() != c.kv_cache_width() || cache.layers() != c.num_hidden_layers) {
+      return make_error("the KV cache was made for another model", "cache");
+    }
+    if (cache.size() + len > c.max_position_embeddings) {
+      return make_error(
+          std::to_string(cache.size() + len) + " tokens exceed the model's context of " +
+              std::to_string(c.max_position_embeddings) + " (max_position_embeddings)",
+          "ids");
+    }
+    if (cache.size() + len > cache.capacity()) {
+      return make_error("context is full: " + std::to_string(cache.size()) + " cached + " +
+                            std::to_string(len) + " new tokens exceed the cache of " +
+                            std::to_string(cache.capacity()),
+                        "ctx", {}, "start a new sequence or allocate a larger cache");
+    }
+    n += len;
+    n_out += item.all_logits ? len : 1;
   }
   const int64_t d = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
 
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(n_past + t);
+  // Rows of all items back to back, with each row's position in its own sequence.
+  std::vector<int32_t> ids, pos;
+  ids.reserve(static_cast<size_t>(n));
+  pos.reserve(static_cast<size_t>(n));
+  std::vector<MlaSequence> seqs;
+  for (const BatchItem& item : items) {
+    seqs.push_back({static_cast<int64_t>(ids.size()), static_cast<int64_t>(item.ids.size()),
+                    item.cache->size(), nullptr});
+    for (size_t t = 0; t < item.ids.size(); ++t) {
+      ids.push_back(item.ids[t]);
+      pos.push_back(static_cast<int32_t>(item.cache->size() + static_cast<int64_t>(t)));
+    }
+  }
 
   std::vector<float> h(static_cast<size_t>(n * d));       // [n, d] residual stream
   std::vector<float> normed(h.size()), branch(h.size());  // [n, d]
@@ -62,9 +87,9 @@ Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<con
   const MlaContext mla{ops, c, rope_, softmax_scale_};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
+    for (size_t s = 0; s < items.size(); ++s) seqs[s].cache = items[s].cache->layer(l);
     ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.attn_norm, eps);
-    mla_forward(mla, lw.attn, normed.data(), n, pos.data(), cache.layer(l), n_past,
-                options.attention, branch.data());
+    mla_forward(mla, lw.attn, normed.data(), n, pos.data(), seqs, attention, branch.data());
     for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];
 
     ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.ffn_norm, eps);
@@ -75,13 +100,20 @@ Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<con
     }
     for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];
   }
-  cache.advance(n);
+  for (const BatchItem& item : items) item.cache->advance(static_cast<int64_t>(item.ids.size()));
 
   // Only the rows that will be read go through the head.
-  const int64_t first = options.all_logits ? 0 : n - 1, n_out = n - first;
-  ops.rmsnorm(normed.data(), d, h.data() + first * d, d, n_out, d, weights_.norm, eps);
+  std::vector<float> out_rows(static_cast<size_t>(n_out * d));  // [n_out, d]
+  int64_t r = 0;
+  for (size_t s = 0; s < items.size(); ++s) {
+    const int64_t first = items[s].all_logits ? seqs[s].row : seqs[s].row + seqs[s].n - 1;
+    const int64_t count = seqs[s].row + seqs[s].n - first;
+    std::copy_n(h.data() + first * d, count * d, out_rows.data() + r * d);
+    r += count;
+  }
+  ops.rmsnorm(out_rows.data(), d, out_rows.data(), d, n_out, d, weights_.norm, eps);
   std::vector<float> logits(static_cast<size_t>(n_out * c.vocab_size));
-  ops.matmul(logits.data(), c.vocab_size, normed.data(), d, n_out, weights_.lm_head);
+  ops.matmul(logits.data(), c.vocab_size, out_rows.data(), d, n_out, weights_.lm_head);
   return logits;
 }
 

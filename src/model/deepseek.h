@@ -23,6 +23,13 @@ struct ForwardOptions {
   bool all_logits = false;  // logits for every new token, else only for the last one
 };
 
+// One sequence's share of a batched forward: its new tokens and its cache.
+struct BatchItem {
+  std::span<const int32_t> ids;
+  KvCache* cache = nullptr;
+  bool all_logits = false;  // logits for every new token, else only for the last one
+};
+
 class Model {
  public:
   // Maps the checkpoint in MODEL_DIR and binds every weight in place (no copies).
@@ -39,6 +46,14 @@ class Model {
   // Allocates its activations.
   Result<std::vector<float>> forward(const ops::Backend& ops, std::span<const int32_t> ids,
                                      KvCache& cache, const ForwardOptions& options = {}) const;
+
+  // Several sequences in one pass: every projection and expert runs once over all their rows
+  // (weights are read once per step), attention per sequence over its own cache. Returns the
+  // logits rows of all items in order ([rows, vocab_size]). Checks every item first; on error
+  // no cache has changed. Allocates its activations.
+  Result<std::vector<float>> forward_batch(
+      const ops::Backend& ops, std::span<const BatchItem> items,
+      AttentionForm attention = AttentionForm::kAbsorbed) const;
 
  private:
   ModelConfig config_;

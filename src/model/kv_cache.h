@@ -20,6 +20,8 @@ class KvCache {
   // Tokens already in the cache; the next token goes at this position.
   int64_t size() const { return size_; }
   void clear() { size_ = 0; }
+  // Forgets everything after the first n tokens (n <= size()).
+  void truncate(int64_t n) { size_ = n < size_ ? n : size_; }
   // [capacity, width] for layer l: c in the first kv_lora_rank columns, k_rope after it.
   float* layer(int64_t l) { return layers_[static_cast<size_t>(l)].data(); }
   const float* layer(int64_t l) const { return layers_[static_cast<size_t>(l)].data(); }

@@ -13,7 +13,8 @@ Buffer zeros(int64_t n) { return Buffer(static_cast<size_t>(n), 0.0f); }
 }  // namespace
 
 void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n,
-                 const int32_t* pos, float* cache, int64_t n_past, AttentionForm form, float* out) {
+                 const int32_t* pos, std::span<const MlaSequence> sequences, AttentionForm form,
+                 float* out) {
   const ops::Backend& ops = ctx.ops;
   const ModelConfig& c = ctx.config;
   const int64_t d = c.hidden_size, H = c.num_attention_heads;
@@ -23,7 +24,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   // whatever rms_norm_eps says.
   const float eps = 1e-6f;
 
-  // Queries: [n, H, nope + rope].
+  // Queries of every row: [n, H, nope + rope].
   Buffer q = zeros(n * H * dq);
   if (c.q_lora_rank) {
     const int64_t ql = *c.q_lora_rank;
@@ -37,24 +38,29 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(),
            ctx.rope.amplitude);
 
-  // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw).
+  // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw), into each sequence's cache.
   Buffer kv = zeros(n * width);  // [n, kv_lora + rope]
   ops.matmul(kv.data(), width, x, d, n, w.kv_a);
-  float* rows = cache + n_past * width;
-  ops.rmsnorm(rows, width, kv.data(), width, n, lat, w.kv_a_norm, eps);
-  for (int64_t t = 0; t < n; ++t) {
-    std::copy_n(kv.data() + t * width + lat, rope, rows + t * width + lat);
+  for (const MlaSequence& s : sequences) {
+    float* rows = s.cache + s.n_past * width;
+    const float* src = kv.data() + s.row * width;
+    ops.rmsnorm(rows, width, src, width, s.n, lat, w.kv_a_norm, eps);
+    for (int64_t t = 0; t < s.n; ++t)
+      std::copy_n(src + t * width + lat, rope, rows + t * width + lat);
+    ops.rope(rows + lat, width, 0, s.n, 1, rope, pos + s.row, ctx.rope.inv_freq.data(),
+             ctx.rope.amplitude);
   }
-  ops.rope(rows + lat, width, 0, n, 1, rope, pos, ctx.rope.inv_freq.data(), ctx.rope.amplitude);
 
-  const int64_t n_kv = n_past + n;
   Buffer o = zeros(n * H * dv);  // [n, H, v]
-  ops::AttentionArgs a;
-  a.n_q = n;
-  a.n_kv = n_kv;
-  a.n_heads = H;
-  a.q_pos = pos;
-  a.scale = ctx.softmax_scale;
+  auto attention_base = [&](const MlaSequence& s) {
+    ops::AttentionArgs a;
+    a.n_q = s.n;
+    a.n_kv = s.n_past + s.n;
+    a.n_heads = H;
+    a.q_pos = pos + s.row;
+    a.scale = ctx.softmax_scale;
+    return a;
+  };
 
   if (form == AttentionForm::kAbsorbed) {
     // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
@@ -69,38 +75,45 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
     }
     // One shared key [c ; k_rope] and value c per cached token.
     Buffer o_lat = zeros(n * H * lat);  // [n, H, kv_lora]
-    a.kv_heads = 1;
-    a.dk = width;
-    a.dv = lat;
-    a.q = q_abs.data(), a.q_row = H * width, a.q_head = width;
-    a.k = cache, a.k_row = width, a.k_head = 0;
-    a.v = cache, a.v_row = width, a.v_head = 0;
-    a.out = o_lat.data(), a.out_row = H * lat, a.out_head = lat;
-    ops.attention(a);
+    for (const MlaSequence& s : sequences) {
+      ops::AttentionArgs a = attention_base(s);
+      a.kv_heads = 1;
+      a.dk = width;
+      a.dv = lat;
+      a.q = q_abs.data() + s.row * H * width, a.q_row = H * width, a.q_head = width;
+      a.k = s.cache, a.k_row = width, a.k_head = 0;
+      a.v = s.cache, a.v_row = width, a.v_head = 0;
+      a.out = o_lat.data() + s.row * H * lat, a.out_row = H * lat, a.out_head = lat;
+      ops.attention(a);
+    }
     for (int64_t h = 0; h < H; ++h) {
       const Matrix w_uv = w.kv_b.row_slice(h * (nope + dv) + nope, dv);  // [v, kv_lora]
       ops.matmul(o.data() + h * dv, H * dv, o_lat.data() + h * lat, H * lat, n, w_uv);
     }
   } else {
-    // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
-    Buffer kvx = zeros(n_kv * H * (nope + dv));
-    ops.matmul(kvx.data(), H * (nope + dv), cache, width, n_kv, w.kv_b);
-    Buffer k = zeros(n_kv * H * dq);  // [n_kv, H, nope + rope]
-    for (int64_t s = 0; s < n_kv; ++s) {
-      for (int64_t h = 0; h < H; ++h) {
-        float* dst = k.data() + (s * H + h) * dq;
-        std::copy_n(kvx.data() + (s * H + h) * (nope + dv), nope, dst);
-        std::copy_n(cache + s * width + lat, rope, dst + nope);
+    for (const MlaSequence& s : sequences) {
+      // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
+      const int64_t n_kv = s.n_past + s.n;
+      Buffer kvx = zeros(n_kv * H * (nope + dv));
+      ops.matmul(kvx.data(), H * (nope + dv), s.cache, width, n_kv, w.kv_b);
+      Buffer k = zeros(n_kv * H * dq);  // [n_kv, H, nope + rope]
+      for (int64_t t = 0; t < n_kv; ++t) {
+        for (int64_t h = 0; h < H; ++h) {
+          float* dst = k.data() + (t * H + h) * dq;
+          std::copy_n(kvx.data() + (t * H + h) * (nope + dv), nope, dst);
+          std::copy_n(s.cache + t * width + lat, rope, dst + nope);
+        }
       }
+      ops::AttentionArgs a = attention_base(s);
+      a.kv_heads = H;
+      a.dk = dq;
+      a.dv = dv;
+      a.q = q.data() + s.row * H * dq, a.q_row = H * dq, a.q_head = dq;
+      a.k = k.data(), a.k_row = H * dq, a.k_head = dq;
+      a.v = kvx.data() + nope, a.v_row = H * (nope + dv), a.v_head = nope + dv;
+      a.out = o.data() + s.row * H * dv, a.out_row = H * dv, a.out_head = dv;
+      ops.attention(a);
     }
-    a.kv_heads = H;
-    a.dk = dq;
-    a.dv = dv;
-    a.q = q.data(), a.q_row = H * dq, a.q_head = dq;
-    a.k = k.data(), a.k_row = H * dq, a.k_head = dq;
-    a.v = kvx.data() + nope, a.v_row = H * (nope + dv), a.v_head = nope + dv;
-    a.out = o.data(), a.out_row = H * dv, a.out_head = dv;
-    ops.attention(a);
   }
   ops.matmul(out, d, o.data(), H * dv, n, w.o);
 }

@@ -4,6 +4,8 @@
 //            multi-query attention over the cached [c ; k_rope] rows directly.
 #pragma once
 
+#include <span>
+
 #include "model/config.h"
 #include "model/rope_yarn.h"
 #include "model/weights.h"
@@ -20,10 +22,20 @@ struct MlaContext {
   float softmax_scale;
 };
 
-// x: [n, d] normed input of n new tokens at positions n_past.. (pos[t] = n_past + t).
-// cache: [capacity, kv_lora + rope] of this layer; rows n_past..n_past+n-1 are written.
-// out: [n, d]. Allocates its scratch.
-void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n,
-                 const int32_t* pos, float* cache, int64_t n_past, AttentionForm form, float* out);
+// The rows of one sequence within a batch: rows [row, row + n) of the batch are its tokens at
+// positions n_past.., and `cache` ([capacity, kv_lora + rope], this layer) receives them.
+struct MlaSequence {
+  int64_t row = 0;
+  int64_t n = 0;
+  int64_t n_past = 0;
+  float* cache = nullptr;
+};
+
+// x: [n_rows, d] normed input of every sequence's new tokens; pos[r] is row r's position in
+// its sequence. Projections run over all rows at once (weights are read once per batch);
+// attention runs per sequence over its own cache. out: [n_rows, d]. Allocates its scratch.
+void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n_rows,
+                 const int32_t* pos, std::span<const MlaSequence> sequences, AttentionForm form,
+                 float* out);
 
 }  // namespace whale::model

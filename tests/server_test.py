@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""`whale serve` driven by the official openai client and raw HTTP: chat (plain and streamed),
+completions with suffix (FIM), models, usage with cache hits, errors, API key, disconnects,
+concurrent batching, SIGTERM. Usage: server_test.py WHALE_BINARY MODEL_DIR"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+
+KEY = "test-key"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(whale, model, *extra):
+    port = free_port()
+    proc = subprocess.Popen([whale, "serve", model, "--port", str(port), "--api-key", KEY,
+                             "--threads", "2", "--ctx", "2048", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start: " + proc.stdout.read().decode(errors="replace"))
+
+
+def raw(port, method, path, body=None, key=KEY, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    h = {"Content-Type": "application/json"}
+    if key:
+        h["Authorization"] = "Bearer " + key
+    h.update(headers or {})
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    return r.status, r.read().decode()
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def main(whale, model):
+    proc, port = start(whale, model, "--parallel", "4")
+    try:
+        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=KEY)
+        name = os.path.basename(model.rstrip("/"))
+
+        models = [m.id for m in client.models.list().data]
+        check(name in models and "deepseek-chat" in models, models)
+
+        msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}]
+        r1 = client.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0)
+        u = r1.usage
+        check(r1.choices[0].finish_reason in ("stop", "length"), r1)
+        check(u.total_tokens == u.prompt_tokens + u.completion_tokens, u)
+        extra = u.model_extra
+        check(extra["prompt_cache_hit_tokens"] + extra["prompt_cache_miss_tokens"] == u.prompt_tokens, u)
+
+        # A second turn shares the first turn's prompt: its KV is reused.
+        msgs2 = msgs + [{"role": "assistant", "content": r1.choices[0].message.content},
+                        {"role": "user", "content": "And again?"}]
+        r2 = client.chat.completions.create(model=name, messages=msgs2, max_tokens=8, temperature=0)
+        check(r2.usage.model_extra["prompt_cache_hit_tokens"] > 0, r2.usage)
+
+        # Same request again: identical answer with a (larger) cache hit.
+        r3 = client.chat.completions.create(model=name, messages=msgs2, max_tokens=8, temperature=0)
+        check(r3.choices[0].message.content == r2.choices[0].message.content, (r2, r3))
+
+        # Streaming gives the same text, then usage, then [DONE].
+        pieces, usage = [], None
+        for chunk in client.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True}):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if chunk.usage:
+                usage = chunk.usage
+        check("".join(pieces) == r1.choices[0].message.content, (pieces, r1))
+        check(usage is not None and usage.completion_tokens == u.completion_tokens, usage)
+
+        # Completions and fill-in-the-middle.
+        c = client.completions.create(model=name, prompt="def add(a, b):", suffix="\n    return c", max_tokens=5, temperature=0)
+        check(c.usage.completion_tokens >= 1 and isinstance(c.choices[0].text, str), c)
+
+        # Eight concurrent greedy requests give what each gives alone (batching changes nothing).
+        prompts = ["Count: %d, %d, %d" % (i, i + 1, i + 2) for i in range(8)]
+        alone = [client.completions.create(model=name, prompt=p, max_tokens=10, temperature=0).choices[0].text
+                 for p in prompts]
+        together = [None] * 8
+
+        def worker(i):
+            together[i] = client.completions.create(model=name, prompt=prompts[i], max_tokens=10,
+                                                    temperature=0).choices[0].text
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(together == alone, (together, alone))
+
+        # Errors in OpenAI's shape.
+        def expect(status, method, path, body=None, key=KEY, contains=""):
+            s, text = raw(port, method, path, body, key)
+            check(s == status, (status, s, path, body, text))
+            if status >= 400:
+                err = json.loads(text)["error"]
+                check("message" in err and "type" in err, text)
+                check(contains in text, (contains, text))
+        good = json.dumps({"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        expect(200, "POST", "/v1/chat/completions", good)
+        expect(200, "POST", "/chat/completions", good)
+        expect(401, "POST", "/v1/chat/completions", good, key="wrong")
+        expect(401, "POST", "/v1/chat/completions", good, key=None)
+        expect(200, "GET", "/health", key=None)
+        expect(400, "POST", "/v1/chat/completions", "{not json", contains="JSON object")
+        expect(400, "POST", "/v1/chat/completions", "", contains="JSON object")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name}), contains="messages")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": "hi"}), contains="messages")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "wizard", "content": "x"}]}), contains="unknown role")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}), contains="max_tokens")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}), contains="max_tokens")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "temperature": -1}), contains="temperature")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}), contains="top_p")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "stream": "true"}), contains="stream")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "n": 3}), contains="n = 1")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "word " * 3000}]}), contains="context_length_exceeded")
+        expect(400, "POST", "/v1/chat/completions", "[" * 100000 + "]" * 100000, contains="nesting")
+        expect(413, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x" * (5 << 20)}]}))
+        expect(404, "POST", "/v1/chat/completions", json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}), contains="model_not_found")
+        expect(404, "GET", "/v1/nowhere")
+        expect(200, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "unknown_field": 1}))
+
+        # A client that disconnects mid-stream cancels its request.
+        s = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500, "stream": True})
+        s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (KEY, len(body), body)).encode())
+        got, deadline = b"", time.time() + 30
+        while b"data:" not in got and time.time() < deadline:
+            got += s.recv(4096)
+        check(b"data:" in got, "no stream started")
+        s.close()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            _, metrics = raw(port, "GET", "/metrics")
+            if "whale_active_requests 0" in metrics:
+                break
+            time.sleep(0.2)
+        check("whale_active_requests 0" in metrics, metrics)
+        check("whale_prompt_cache_hit_tokens_total" in metrics, metrics)
+
+        # SIGTERM: stops, exits 0.
+        proc.send_signal(signal.SIGTERM)
+        check(proc.wait(timeout=60) == 0, "exit status")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # A reasoning format: the answer opens inside <think>, so the text goes to reasoning_content
+    # (a random model never closes it) and every token counts as reasoning.
+    proc, port = start(whale, model, "--chat-format", "r1")
+    try:
+        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=KEY)
+        rr = client.chat.completions.create(model="deepseek-reasoner", max_tokens=6, temperature=0,
+                                            messages=[{"role": "user", "content": "Think first."}])
+        m = rr.choices[0].message
+        check(m.model_extra.get("reasoning_content"), rr)
+        check(rr.usage.completion_tokens_details.reasoning_tokens == rr.usage.completion_tokens, rr.usage)
+        kinds = set()
+        for chunk in client.chat.completions.create(model="deepseek-reasoner", max_tokens=6, temperature=0, stream=True,
+                                                    messages=[{"role": "user", "content": "Think first."}]):
+            if chunk.choices and chunk.choices[0].delta.model_extra.get("reasoning_content"):
+                kinds.add("reasoning")
+        check(kinds == {"reasoning"}, kinds)
+    finally:
+        proc.kill()
+    print("server test passed")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
