@@ -74,6 +74,30 @@ def main(whale, model):
         extra = u.model_extra
         check(extra["prompt_cache_hit_tokens"] + extra["prompt_cache_miss_tokens"] == u.prompt_tokens, u)
 
+        # The same request again is answered from the cache, with the same text.
+        again = client.chat.completions.create(model=name, messages=msgs, max_tokens=12, temperature=0)
+        check(u.model_extra["prompt_cache_hit_tokens"] == 0, u)
+        check(again.usage.model_extra["prompt_cache_hit_tokens"] == u.prompt_tokens - 1, again.usage)
+        check(again.choices[0].message.content == r1.choices[0].message.content, (again, r1))
+
+        # Log-probabilities: greedy picks the most likely token; top_logprobs lists 5.
+        lp = client.chat.completions.create(model=name, messages=msgs, max_tokens=4, temperature=0,
+                                            logprobs=True, top_logprobs=5)
+        content = lp.choices[0].logprobs.content
+        check(len(content) == lp.usage.completion_tokens, lp)
+        for e in content:
+            check(len(e.top_logprobs) == 5 and e.logprob <= 0, e)
+            check(abs(e.logprob - e.top_logprobs[0].logprob) < 1e-6, e)
+        streamed_lp = []
+        for chunk in client.chat.completions.create(model=name, messages=msgs, max_tokens=4, temperature=0,
+                                                    logprobs=True, top_logprobs=2, stream=True):
+            if chunk.choices and chunk.choices[0].logprobs:
+                streamed_lp += chunk.choices[0].logprobs.content
+        check([e.token for e in streamed_lp] == [e.token for e in content], (streamed_lp, content))
+        legacy = client.completions.create(model=name, prompt="Once upon", max_tokens=3, temperature=0, logprobs=3)
+        check(len(legacy.choices[0].logprobs.token_logprobs) == 3, legacy)
+        check(all(len(t) == 3 for t in legacy.choices[0].logprobs.top_logprobs), legacy)
+
         # A second turn shares the first turn's prompt: its KV is reused.
         msgs2 = msgs + [{"role": "assistant", "content": r1.choices[0].message.content},
                         {"role": "user", "content": "And again?"}]
@@ -145,6 +169,7 @@ def main(whale, model):
         expect(413, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x" * (5 << 20)}]}))
         expect(404, "POST", "/v1/chat/completions", json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}), contains="model_not_found")
         expect(404, "GET", "/v1/nowhere")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}), contains="top_logprobs")
         expect(200, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "unknown_field": 1}))
 
         # A client that disconnects mid-stream cancels its request.
@@ -165,6 +190,8 @@ def main(whale, model):
             time.sleep(0.2)
         check("whale_active_requests 0" in metrics, metrics)
         check("whale_prompt_cache_hit_tokens_total" in metrics, metrics)
+        check('whale_time_to_first_token_seconds_bucket{le="+Inf"}' in metrics, metrics)
+        check("whale_inter_token_latency_seconds_count" in metrics, metrics)
 
         # SIGTERM: stops, exits 0.
         proc.send_signal(signal.SIGTERM)
@@ -175,7 +202,7 @@ def main(whale, model):
 
     # A reasoning format: the answer opens inside <think>, so the text goes to reasoning_content
     # (a random model never closes it) and every token counts as reasoning.
-    proc, port = start(whale, model, "--chat-format", "r1")
+    proc, port = start(whale, model, "--chat-format", "r1", "--parallel", "1", "--queue", "0")
     try:
         client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=KEY)
         rr = client.chat.completions.create(model="deepseek-reasoner", max_tokens=6, temperature=0,
@@ -189,6 +216,15 @@ def main(whale, model):
             if chunk.choices and chunk.choices[0].delta.model_extra.get("reasoning_content"):
                 kinds.add("reasoning")
         check(kinds == {"reasoning"}, kinds)
+
+        # One slot and no queue: while a long answer runs, another request gets a 429.
+        busy = client.chat.completions.create(model="deepseek-reasoner", max_tokens=1500, stream=True,
+                                              messages=[{"role": "user", "content": "Long answer"}])
+        next(iter(busy))
+        s, text = raw(port, "POST", "/v1/chat/completions", json.dumps(
+            {"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}))
+        check(s == 429 and "rate_limit" in text, (s, text))
+        busy.close()
     finally:
         proc.kill()
     print("server test passed")

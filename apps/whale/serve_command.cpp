@@ -55,6 +55,7 @@ int run_serve(const ServeArgs& args) {
   so.host = args.host;
   so.port = args.port;
   so.api_key = args.api_key;
+  so.http_threads = std::min(args.parallel + args.queue + 8, 1024);
   so.model_name = std::filesystem::path(*dir).filename().string();
   so.stop_ids = m->stop_ids;
   so.chat_format = *format;

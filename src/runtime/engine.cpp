@@ -5,6 +5,30 @@
 
 namespace whale::runtime {
 
+namespace {
+
+// log-softmax of `logits` at `chosen`, and the `top` most likely tokens.
+void fill_logprobs(const std::vector<float>& logits, int32_t chosen, int top, RequestEvent* ev) {
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(double(l) - max_logit);
+  const double log_z = max_logit + std::log(sum);
+  ev->logprob = static_cast<float>(logits[static_cast<size_t>(chosen)] - log_z);
+  if (top <= 0) return;
+  std::vector<int32_t> order(logits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::partial_sort(order.begin(), order.begin() + top, order.end(), [&](int32_t a, int32_t b) {
+    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+           (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+  });
+  for (int k = 0; k < top; ++k) {
+    const int32_t id = order[static_cast<size_t>(k)];
+    ev->top.push_back({id, static_cast<float>(logits[static_cast<size_t>(id)] - log_z)});
+  }
+}
+
+}  // namespace
+
 bool RequestStream::next(RequestEvent* event) {
   std::unique_lock lock(mutex_);
   cv_.wait(lock, [&] { return !events_.empty() || finished_; });
@@ -38,6 +62,7 @@ struct Engine::Slot {
   std::optional<tok::StreamDecoder> decoder;
   std::optional<StopMatcher> stops;
   int32_t pending = -1;  // sampled, not yet run through the model
+  std::chrono::steady_clock::time_point submitted, last_token;
   bool busy() const { return stream != nullptr; }
 };
 
@@ -64,6 +89,9 @@ Result<std::shared_ptr<RequestStream>> Engine::submit(GenerationRequest req, boo
   WHALE_TRY(model::validate_token_ids(req.prompt, vocab));
   WHALE_TRY(sampling::validate(req.sampling, vocab));
   if (req.max_tokens < 1) return make_error("must be at least 1", "max_tokens");
+  if (req.top_logprobs < 0 || req.top_logprobs > 20) {
+    return make_error("must be between 0 and 20", "top_logprobs");
+  }
   const auto n = static_cast<int64_t>(req.prompt.size());
   if (n >= options_.context) {
     return make_error("the prompt has " + std::to_string(n) + " tokens; the context holds " +
@@ -80,12 +108,14 @@ Result<std::shared_ptr<RequestStream>> Engine::submit(GenerationRequest req, boo
       if (busy) *busy = true;
       return make_error("the server is shutting down", "");
     }
-    if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    // Requests beyond the free slots wait; beyond max_queue of them, refuse.
+    const int64_t free_slots = options_.parallel - metrics_.active;
+    if (static_cast<int64_t>(queue_.size()) >= options_.max_queue + free_slots) {
       ++metrics_.requests_rejected;
       if (busy) *busy = true;
       return make_error("too many requests are waiting; try again shortly", "");
     }
-    queue_.push_back({std::move(req), stream});
+    queue_.push_back({std::move(req), stream, std::chrono::steady_clock::now()});
     ++metrics_.requests_total;
   }
   cv_.notify_all();
@@ -147,6 +177,7 @@ bool Engine::admit_locked() {
     s.stops.emplace(p.request.stop);
     s.request = std::move(p.request);
     s.stream = std::move(p.stream);
+    s.submitted = p.submitted;
     any = true;
   }
   return any;
@@ -228,7 +259,19 @@ void Engine::step() {
     std::span<float> row(logits->data() + static_cast<int64_t>(i) * vocab,
                          static_cast<size_t>(vocab));
     for (int32_t id : undecodable_) row[static_cast<size_t>(id)] = -INFINITY;
+    std::vector<float> raw;  // the model's own distribution, before sampling settings
+    if (s.request.logprobs) raw.assign(row.begin(), row.end());
     const int32_t next = s.sampler->sample(row, s.request.prompt);
+    const auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard lock(mutex_);
+      if (s.generated.empty()) {
+        metrics_.time_to_first_token.add(std::chrono::duration<double>(now - s.submitted).count());
+      } else {
+        metrics_.inter_token.add(std::chrono::duration<double>(now - s.last_token).count());
+      }
+    }
+    s.last_token = now;
     if (std::find(s.request.stop_ids.begin(), s.request.stop_ids.end(), next) !=
         s.request.stop_ids.end()) {
       finish(s, FinishReason::kStop);
@@ -238,6 +281,7 @@ void Engine::step() {
     auto piece = s.decoder->push(next);
     RequestEvent ev;
     ev.token = next;
+    if (s.request.logprobs) fill_logprobs(raw, next, s.request.top_logprobs, &ev);
     ev.text = piece.ok() ? s.stops->push(*piece) : std::string();
     s.stream->push(std::move(ev));
     if (s.stops->stopped()) {

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -27,10 +29,18 @@ struct EngineOptions {
 };
 
 // One thing that happened to a request, in order.
+// Log-probability of a token under the model (log-softmax of the raw logits).
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+};
+
 struct RequestEvent {
-  int32_t token = -1;  // the token generated (-1 for the final event)
-  std::string text;    // text made final by it (whole UTF-8, stop strings held back)
-  bool done = false;   // the last event: finish and counts are set
+  int32_t token = -1;             // the token generated (-1 for the final event)
+  float logprob = 0;              // of `token`, when the request asked for logprobs
+  std::vector<TokenLogprob> top;  // the most likely tokens at this step (top_logprobs of them)
+  std::string text;               // text made final by it (whole UTF-8, stop strings held back)
+  bool done = false;              // the last event: finish and counts are set
   FinishReason finish = FinishReason::kStop;
   int64_t prompt_tokens = 0;
   int64_t cached_prompt_tokens = 0;  // reused from an earlier request's KV cache
@@ -56,6 +66,19 @@ class RequestStream {
   std::atomic<bool> cancelled_{false};
 };
 
+// Cumulative histogram in seconds with Prometheus' "le" buckets.
+struct LatencyHistogram {
+  static constexpr double kBounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  int64_t counts[std::size(kBounds)] = {};
+  int64_t count = 0;
+  double sum = 0;
+  void add(double seconds) {
+    for (size_t i = 0; i < std::size(kBounds); ++i) counts[i] += seconds <= kBounds[i];
+    ++count;
+    sum += seconds;
+  }
+};
+
 struct EngineMetrics {
   int64_t requests_total = 0;
   int64_t requests_rejected = 0;
@@ -67,6 +90,8 @@ struct EngineMetrics {
   int64_t kv_tokens_used = 0;
   int64_t kv_tokens_capacity = 0;
   int64_t steps = 0;
+  LatencyHistogram time_to_first_token;  // from submit to the first generated token
+  LatencyHistogram inter_token;          // between consecutive tokens of a request
 };
 
 class Engine {
@@ -91,6 +116,7 @@ class Engine {
   struct Pending {
     GenerationRequest request;
     std::shared_ptr<RequestStream> stream;
+    std::chrono::steady_clock::time_point submitted;
   };
   void loop();
   bool admit_locked();

@@ -23,6 +23,8 @@ struct GenerationRequest {
   int64_t max_tokens = 256;
   std::vector<std::string> stop;  // stop strings, matched on the text; not emitted
   std::vector<int32_t> stop_ids;  // end-of-sequence ids; not emitted
+  bool logprobs = false;          // report each generated token's log-probability
+  int top_logprobs = 0;           // and the most likely alternatives (at most 20)
 };
 
 enum class FinishReason {

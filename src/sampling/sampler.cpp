@@ -96,49 +96,63 @@ std::vector<double> Sampler::distribution(std::span<float> logits,
         1.0;
     return prob;
   }
-  // Candidates sorted by logit, largest first (lower id first among equals).
-  std::vector<int32_t> order(logits.size());
-  std::iota(order.begin(), order.end(), 0);
-  size_t keep = order.size();
+  // No full sort of the vocabulary: top-k takes the k largest with nth_element, and top-p
+  // sorts only as long a prefix of the largest as it needs. Order: larger logit first, lower
+  // id first among equals.
   auto by_logit = [&](int32_t a, int32_t b) {
     return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
            (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
   };
-  if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < keep) {
-    keep = static_cast<size_t>(p_.top_k);
-    std::partial_sort(order.begin(), order.begin() + static_cast<long>(keep), order.end(),
-                      by_logit);
-  } else {
-    std::sort(order.begin(), order.end(), by_logit);
+  std::vector<int32_t> cand(logits.size());
+  std::iota(cand.begin(), cand.end(), 0);
+  if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < cand.size()) {
+    std::nth_element(cand.begin(), cand.begin() + p_.top_k, cand.end(), by_logit);
+    cand.resize(static_cast<size_t>(p_.top_k));
   }
-  order.resize(keep);
-  const double max_logit = logits[static_cast<size_t>(order[0])] / double(p_.temperature);
-  std::vector<double> p(keep);
+  float max_logit = -INFINITY;
+  for (int32_t id : cand) max_logit = std::max(max_logit, logits[static_cast<size_t>(id)]);
   double sum = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    p[i] = std::exp(logits[static_cast<size_t>(order[i])] / double(p_.temperature) - max_logit);
-    sum += p[i];
+  for (int32_t id : cand) {
+    const auto i = static_cast<size_t>(id);
+    prob[i] = std::exp((double(logits[i]) - max_logit) / double(p_.temperature));
+    sum += prob[i];
   }
-  for (double& x : p) x /= sum;
+  for (int32_t id : cand) prob[static_cast<size_t>(id)] /= sum;
+
+  size_t keep = cand.size();
   if (p_.top_p < 1.0f) {
-    double cum = 0;
-    size_t n = 0;
-    while (n < keep) {
-      cum += p[n++];
-      if (cum >= p_.top_p) break;
+    // Sort a growing prefix until it holds top_p of the mass.
+    for (size_t m = std::min<size_t>(64, cand.size());; m = std::min(cand.size(), m * 4)) {
+      std::partial_sort(cand.begin(), cand.begin() + static_cast<long>(m), cand.end(), by_logit);
+      double cum = 0;
+      size_t n = 0;
+      while (n < m && cum < p_.top_p) cum += prob[static_cast<size_t>(cand[n++])];
+      if (cum >= p_.top_p || m == cand.size()) {
+        keep = n;
+        break;
+      }
     }
-    keep = n;
   }
   if (p_.min_p > 0.0f) {
-    const double floor = p_.min_p * p[0];
-    size_t n = 1;
-    while (n < keep && p[n] >= floor) ++n;
-    keep = n;
+    // The largest probability is the first candidate once sorted, else found by a scan.
+    double top = 0;
+    for (size_t i = 0; i < keep; ++i) top = std::max(top, prob[static_cast<size_t>(cand[i])]);
+    const double floor = p_.min_p * top;
+    size_t w = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      if (prob[static_cast<size_t>(cand[i])] >= floor) cand[w++] = cand[i];
+    }
+    keep = w;
   }
+  // Renormalise what is kept; everything else gets probability 0.
   double kept = 0;
-  for (size_t i = 0; i < keep; ++i) kept += p[i];
-  for (size_t i = 0; i < keep; ++i) prob[static_cast<size_t>(order[i])] = p[i] / kept;
-  return prob;
+  for (size_t i = 0; i < keep; ++i) kept += prob[static_cast<size_t>(cand[i])];
+  std::vector<double> out(logits.size(), 0.0);
+  for (size_t i = 0; i < keep; ++i) {
+    const auto id = static_cast<size_t>(cand[i]);
+    out[id] = prob[id] / kept;
+  }
+  return out;
 }
 
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt) {

@@ -236,6 +236,22 @@ struct Server::Impl {
     return body;
   }
 
+  // {"token", "logprob", "bytes"} of one token; token text is made valid UTF-8.
+  json token_entry(int32_t id, float logprob) const {
+    const std::string& bytes = tokenizer.token_bytes(id);
+    json b = json::array();
+    for (char ch : bytes) b.push_back(static_cast<uint8_t>(ch));
+    return {{"token", tok::repair_utf8(bytes)}, {"logprob", logprob}, {"bytes", b}};
+  }
+  // A chat logprobs.content entry for one generated token.
+  json chat_logprob(const runtime::RequestEvent& ev) const {
+    json e = token_entry(ev.token, ev.logprob);
+    json top = json::array();
+    for (const auto& t : ev.top) top.push_back(token_entry(t.token, t.logprob));
+    e["top_logprobs"] = top;
+    return e;
+  }
+
   bool known_model(const std::string& name) const {
     return name == options.model_name || name == "deepseek-chat" || name == "deepseek-reasoner";
   }
@@ -255,7 +271,16 @@ struct Server::Impl {
     r.sampling.seed = static_cast<uint64_t>(
         f.integer("seed", static_cast<int64_t>(std::random_device{}()), INT64_MIN, INT64_MAX));
     if (f.integer("n", 1, 1, 1 << 30) != 1) f.fail("n", "only n = 1 is supported");
-    if (f.boolean("logprobs", false)) f.fail("logprobs", "logprobs are not supported yet");
+    // Chat: logprobs true/false + top_logprobs 0..20. Completions (legacy): logprobs 0..20.
+    if (const json* lp = f.get("logprobs"); lp && lp->is_number_integer()) {
+      r.logprobs = true;
+      r.top_logprobs = static_cast<int>(f.integer("logprobs", 0, 0, 20));
+    } else {
+      r.logprobs = f.boolean("logprobs", false);
+      r.top_logprobs = static_cast<int>(f.integer("top_logprobs", 0, 0, 20));
+      if (r.top_logprobs > 0 && !r.logprobs)
+        f.fail("top_logprobs", "top_logprobs needs logprobs: true");
+    }
     if (const json* stop = f.get("stop")) {
       if (stop->is_string()) {
         r.stop.push_back(stop->get<std::string>());
@@ -421,6 +446,7 @@ struct Server::Impl {
   // Submits and answers, streaming or not.
   void run(runtime::GenerationRequest& request, httplib::Response& res, bool stream,
            bool include_usage, const std::string& model, bool chat, bool thinking) {
+    const bool want_logprobs = request.logprobs;
     bool busy = false;
     auto submitted = engine.submit(std::move(request), &busy);
     if (!submitted.ok()) {
@@ -455,8 +481,23 @@ struct Server::Impl {
       std::string reasoning, content;
       int64_t reasoning_tokens = 0;
       runtime::RequestEvent ev;
+      json chat_lp = json::array();
+      json legacy_tokens = json::array(), legacy_lp = json::array(), legacy_top = json::array(),
+           legacy_offset = json::array();
+      size_t text_offset = 0;
       while (rs->next(&ev)) {
         if (ev.done) break;
+        if (want_logprobs && ev.token >= 0) {
+          chat_lp.push_back(chat_logprob(ev));
+          legacy_tokens.push_back(tok::repair_utf8(tokenizer.token_bytes(ev.token)));
+          legacy_lp.push_back(ev.logprob);
+          json top = json::object();
+          for (const auto& t : ev.top)
+            top[tok::repair_utf8(tokenizer.token_bytes(t.token))] = t.logprob;
+          legacy_top.push_back(top);
+          legacy_offset.push_back(text_offset);
+          text_offset += tokenizer.token_bytes(ev.token).size();
+        }
         if (ev.token >= 0 && split.thinking()) ++reasoning_tokens;
         auto [r, c] = split.push(ev.text);
         reasoning += r;
@@ -476,18 +517,23 @@ struct Server::Impl {
                 {"model", model},
                 {"choices", json::array({{{"index", 0},
                                           {"message", message},
-                                          {"logprobs", nullptr},
+                                          {"logprobs", want_logprobs ? json({{"content", chat_lp}})
+                                                                     : json(nullptr)},
                                           {"finish_reason", finish_name(ev.finish)}}})},
                 {"usage", usage_json(ev, reasoning_tokens, true)},
                 {"system_fingerprint", "whale"}};
       } else {
+        const json legacy = {{"tokens", legacy_tokens},
+                             {"token_logprobs", legacy_lp},
+                             {"top_logprobs", legacy_top},
+                             {"text_offset", legacy_offset}};
         body = {{"id", id},
                 {"object", "text_completion"},
                 {"created", created},
                 {"model", model},
                 {"choices", json::array({{{"index", 0},
                                           {"text", content},
-                                          {"logprobs", nullptr},
+                                          {"logprobs", want_logprobs ? legacy : json(nullptr)},
                                           {"finish_reason", finish_name(ev.finish)}}})},
                 {"usage", usage_json(ev, 0, false)}};
       }
@@ -501,8 +547,8 @@ struct Server::Impl {
     auto started = std::make_shared<bool>(false);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [=](size_t, httplib::DataSink& sink) {
-          auto chunk = [&](json delta, json finish) {
+        [=, this](size_t, httplib::DataSink& sink) {
+          auto chunk = [&](json delta, json finish, json logprobs = nullptr) {
             json c;
             if (chat) {
               c = {{"id", id},
@@ -512,7 +558,7 @@ struct Server::Impl {
                    {"system_fingerprint", "whale"},
                    {"choices", json::array({{{"index", 0},
                                              {"delta", delta},
-                                             {"logprobs", nullptr},
+                                             {"logprobs", logprobs},
                                              {"finish_reason", finish}}})}};
             } else {
               c = {{"id", id},
@@ -544,6 +590,18 @@ struct Server::Impl {
           if (!rs->next(&ev)) return false;
           if (!ev.done) {
             if (ev.token >= 0 && split->thinking()) ++*reasoning_tokens;
+            if (want_logprobs && chat && ev.token >= 0) {
+              // One chunk per token, carrying its logprobs and whatever text it completed.
+              auto [r, c] = split->push(ev.text);
+              json delta = json::object();
+              if (!r.empty()) delta["reasoning_content"] = r;
+              if (!c.empty()) delta["content"] = c;
+              if (!chunk(delta, nullptr, {{"content", json::array({chat_logprob(ev)})}})) {
+                rs->cancel();
+                return false;
+              }
+              return true;
+            }
             if (!send_text(split->push(ev.text))) {
               rs->cancel();  // the client went away: stop generating at the next step
               return false;
@@ -578,6 +636,10 @@ struct Server::Impl {
 
   void install_routes() {
     http.set_payload_max_length(options.max_body_bytes);
+    const int threads = options.http_threads;
+    http.new_task_queue = [threads] {
+      return new httplib::ThreadPool(static_cast<size_t>(threads));
+    };
     for (const std::string base : {"", "/v1"}) {
       http.Post(base + "/chat/completions",
                 [this](const httplib::Request& q, httplib::Response& r) { handle_chat(q, r); });
@@ -623,6 +685,23 @@ struct Server::Impl {
         metric("whale_kv_cache_tokens_capacity", "gauge", "Tokens the KV caches can hold.",
                m.kv_tokens_capacity);
         metric("whale_engine_steps_total", "counter", "Batched forward steps.", m.steps);
+        auto histogram = [&](const char* name, const char* help,
+                             const runtime::LatencyHistogram& h) {
+          out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " histogram\n";
+          for (size_t i = 0; i < std::size(runtime::LatencyHistogram::kBounds); ++i) {
+            char le[32];
+            std::snprintf(le, sizeof le, "%g", runtime::LatencyHistogram::kBounds[i]);
+            out += std::string(name) + "_bucket{le=\"" + le + "\"} " + std::to_string(h.counts[i]) +
+                   "\n";
+          }
+          out += std::string(name) + "_bucket{le=\"+Inf\"} " + std::to_string(h.count) + "\n";
+          out += std::string(name) + "_sum " + std::to_string(h.sum) + "\n";
+          out += std::string(name) + "_count " + std::to_string(h.count) + "\n";
+        };
+        histogram("whale_time_to_first_token_seconds", "From arrival to the first generated token.",
+                  m.time_to_first_token);
+        histogram("whale_inter_token_latency_seconds", "Between consecutive tokens of a request.",
+                  m.inter_token);
         r.set_content(out, "text/plain; version=0.0.4");
       });
     }

@@ -18,6 +18,9 @@ struct ServerOptions {
   std::string api_key;     // empty: no authentication
   std::string model_name;  // the id /models lists (besides deepseek-chat / deepseek-reasoner)
   size_t max_body_bytes = 4u << 20;
+  // HTTP worker threads: a streaming answer holds one for its whole length, so there must be
+  // one for every running and queued request, plus a few for short calls.
+  int http_threads = 16;
   std::vector<int32_t> stop_ids;
   std::optional<int32_t> bos_id;
   tok::ChatFormat chat_format = tok::ChatFormat::kV3;
