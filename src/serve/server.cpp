@@ -10,6 +10,9 @@
 #include "tokenizer/utf8.h"
 
 namespace whale::serve {
+
+extern const std::string_view kChatPage;  // web/chat.html, compiled in
+
 namespace {
 
 using nlohmann::json;
@@ -640,6 +643,9 @@ struct Server::Impl {
     http.new_task_queue = [threads] {
       return new httplib::ThreadPool(static_cast<size_t>(threads));
     };
+    http.Get("/", [](const httplib::Request&, httplib::Response& r) {
+      r.set_content(std::string(kChatPage), "text/html; charset=utf-8");
+    });
     for (const std::string base : {"", "/v1"}) {
       http.Post(base + "/chat/completions",
                 [this](const httplib::Request& q, httplib::Response& r) { handle_chat(q, r); });
