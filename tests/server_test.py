@@ -171,6 +171,12 @@ def main(whale, model):
         expect(404, "GET", "/v1/nowhere")
         expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}), contains="top_logprobs")
         expect(200, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "unknown_field": 1}))
+        # Wrong types anywhere are 400s (or ignored where OpenAI ignores them), never 500s.
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": 5, "messages": [{"role": "user", "content": "x"}]}), contains="model")
+        expect(400, "POST", "/v1/completions", json.dumps({"model": [], "prompt": "x"}), contains="model")
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": [{"type": 1}]}]}), contains="content")
+        expect(200, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "stream_options": {"include_usage": "yes"}, "thinking": {"type": True}}))
+        expect(400, "POST", "/v1/chat/completions", json.dumps({"model": name, "messages": [{"role": "user", "content": "x"}], "stop": "s" * 200}), contains="stop")
 
         # A client that disconnects mid-stream cancels its request.
         s = socket.create_connection(("127.0.0.1", port))
@@ -193,8 +199,31 @@ def main(whale, model):
         check('whale_time_to_first_token_seconds_bucket{le="+Inf"}' in metrics, metrics)
         check("whale_inter_token_latency_seconds_count" in metrics, metrics)
 
-        # SIGTERM: stops, exits 0.
+        # SIGTERM with an answer streaming: it finishes (finish_reason, [DONE]), new requests are
+        # refused, and the process exits 0.
+        s = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"model": name, "messages": [{"role": "user", "content": "go"}], "max_tokens": 60,
+                           "stream": True, "temperature": 0})
+        s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (KEY, len(body), body)).encode())
+        got = b""
+        while b"data:" not in got:
+            got += s.recv(4096)
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            status, _ = raw(port, "POST", "/v1/chat/completions", good)
+            check(status == 503, status)
+        except OSError:
+            pass  # already closed: refused is fine too
+        s.settimeout(60)
+        while b"[DONE]" not in got:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        check(b"[DONE]" in got and b'"finish_reason":"length"' in got, got[-500:])
+        s.close()
         check(proc.wait(timeout=60) == 0, "exit status")
     finally:
         if proc.poll() is None:

@@ -1,6 +1,8 @@
 #include <signal.h>
 
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -19,7 +21,7 @@ void add_serve_command(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--api-key", args.api_key, "require Authorization: Bearer KEY (not on /health)");
   cmd->add_option("--parallel", args.parallel, "requests run at once")->check(CLI::Range(1, 256));
   cmd->add_option("--queue", args.queue, "requests that may wait for a slot")
-      ->check(CLI::Range(0, 100000));
+      ->check(CLI::Range(0, 1000));
   cmd->add_option("--ctx", args.context, "tokens per request (prompt + answer)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--threads", args.threads, "threads (default: every core)")
@@ -55,7 +57,7 @@ int run_serve(const ServeArgs& args) {
   so.host = args.host;
   so.port = args.port;
   so.api_key = args.api_key;
-  so.http_threads = std::min(args.parallel + args.queue + 8, 1024);
+  so.http_threads = args.parallel + args.queue + 8;
   so.model_name = std::filesystem::path(*dir).filename().string();
   so.stop_ids = m->stop_ids;
   so.chat_format = *format;
@@ -65,10 +67,23 @@ int run_serve(const ServeArgs& args) {
   std::thread watcher([&] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::fprintf(stderr, "whale serve: stopping (finishing running requests for up to %d s)\n",
+    std::fprintf(stderr, "whale serve: stopping (running requests get up to %d s to finish)\n",
                  args.grace_seconds);
-    engine.shutdown(std::chrono::seconds(args.grace_seconds));
-    server.stop();
+    std::atomic<bool> stopped{false};
+    std::thread stopper([&] {
+      engine.shutdown(std::chrono::seconds(args.grace_seconds));
+      server.stop();
+      stopped = true;
+    });
+    // A second signal while requests drain stops at once.
+    const timespec poll{0, 100'000'000};
+    while (!stopped) {
+      if (sigtimedwait(&signals, nullptr, &poll) > 0) {
+        std::fprintf(stderr, "whale serve: stopping now\n");
+        std::_Exit(1);
+      }
+    }
+    stopper.join();
   });
   std::fprintf(
       stderr, "whale serve: listening on http://%s:%d (%d slots of %lld tokens, chat format %s)\n",

@@ -134,6 +134,7 @@ void Engine::shutdown(std::chrono::milliseconds grace) {
     std::lock_guard lock(mutex_);
     if (!thread_.joinable()) return;
     stopping_ = true;
+    accepting_ = false;
     deadline_ = std::chrono::steady_clock::now() + grace;
   }
   cv_.notify_all();
@@ -163,6 +164,14 @@ bool Engine::admit_locked() {
     if (!best) break;
     Pending p = std::move(queue_.front());
     queue_.pop_front();
+    if (p.stream->cancelled_) {  // its client left while it waited
+      RequestEvent done;
+      done.done = true;
+      done.finish = FinishReason::kCancelled;
+      done.prompt_tokens = static_cast<int64_t>(p.request.prompt.size());
+      p.stream->push(std::move(done));
+      continue;
+    }
     Slot& s = *best;
     // Keep at least the last prompt token to run: its logits start the answer.
     const size_t reuse = std::min(best_common, p.request.prompt.size() - 1);
@@ -310,6 +319,7 @@ void Engine::loop() {
             RequestEvent done;
             done.done = true;
             done.finish = FinishReason::kCancelled;
+            done.prompt_tokens = static_cast<int64_t>(p.request.prompt.size());
             p.stream->push(std::move(done));
           }
           queue_.clear();

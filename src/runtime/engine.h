@@ -107,7 +107,9 @@ class Engine {
   // cancelled. Blocks until the loop has stopped.
   void shutdown(std::chrono::milliseconds grace);
 
-  bool alive() const { return alive_; }
+  // Running and taking requests (false once shutdown has begun).
+  bool alive() const { return alive_ && accepting_; }
+  bool accepting() const { return accepting_; }
   int64_t context() const { return options_.context; }
   EngineMetrics metrics() const;
 
@@ -137,6 +139,7 @@ class Engine {
   bool stopping_ = false;
   std::chrono::steady_clock::time_point deadline_;
   std::atomic<bool> alive_{true};
+  std::atomic<bool> accepting_{true};
   EngineMetrics metrics_;
   std::thread thread_;
 };

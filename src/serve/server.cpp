@@ -6,6 +6,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "tokenizer/utf8.h"
 
@@ -70,12 +71,22 @@ int json_depth(std::string_view s) {
   return max_depth;
 }
 
+// obj[key] if it is a string, else `fallback` (never throws on a wrong type).
+std::string string_or(const json& obj, const char* key, const std::string& fallback) {
+  const auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+bool bool_or(const json& obj, const char* key, bool fallback) {
+  const auto it = obj.find(key);
+  return it != obj.end() && it->is_boolean() ? it->get<bool>() : fallback;
+}
+
 std::string random_id(const char* prefix) {
   static std::atomic<uint64_t> counter{0};
   static const uint64_t base = std::random_device{}();
   char buf[64];
   std::snprintf(buf, sizeof buf, "%s-%016llx%04llx", prefix, static_cast<unsigned long long>(base),
-                static_cast<unsigned long long>(counter++ & 0xFFFF));
+                static_cast<unsigned long long>(counter++));
   return buf;
 }
 
@@ -149,7 +160,7 @@ std::optional<std::string> content_text(const json& c, Fields& f, const std::str
   if (c.is_array()) {
     std::string out;
     for (const json& part : c) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+      if (!part.is_object() || string_or(part, "type", "") != "text" || !part.contains("text") ||
           !part["text"].is_string()) {
         f.fail(param, "only text content parts are supported");
         return std::nullopt;
@@ -165,17 +176,16 @@ std::optional<std::string> content_text(const json& c, Fields& f, const std::str
 // Splits an answer's text into reasoning (before </think>) and content, as it streams.
 class ReasoningSplitter {
  public:
-  explicit ReasoningSplitter(bool thinking) : thinking_(thinking) {}
+  explicit ReasoningSplitter(bool thinking) : after_think_(thinking), thinking_(thinking) {}
   // Returns (reasoning, content) pieces that are final now.
   std::pair<std::string, std::string> push(std::string_view text) {
-    if (!thinking_) return {{}, std::string(text)};
+    if (!thinking_) return {{}, strip_leading_newlines(std::string(text))};
     held_ += text;
     const size_t end = held_.find(kThinkEnd);
     if (end != std::string::npos) {
       thinking_ = false;
       std::string reasoning = held_.substr(0, end);
-      std::string content = held_.substr(end + kThinkEnd.size());
-      content.erase(0, std::min(content.find_first_not_of('\n'), content.size()));
+      std::string content = strip_leading_newlines(held_.substr(end + kThinkEnd.size()));
       held_.clear();
       return {reasoning, content};
     }
@@ -194,16 +204,27 @@ class ReasoningSplitter {
     std::string rest = std::move(held_);
     held_.clear();
     if (thinking_) return {rest, {}};
-    return {{}, rest};
+    return {{}, strip_leading_newlines(rest)};
   }
   bool thinking() const { return thinking_; }
 
  private:
+  // The answer after </think> usually opens with blank lines; they are not content. They may
+  // arrive in pieces after the tag, so this lasts until the first other character.
+  std::string strip_leading_newlines(std::string s) {
+    if (!after_think_) return s;
+    const size_t n = s.find_first_not_of('\n');
+    if (n == std::string::npos) return {};
+    after_think_ = false;
+    return s.substr(n);
+  }
+  bool after_think_;  // strip newlines until content starts (only after a </think>)
   bool thinking_;
   std::string held_;
 };
 
 std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
+
 
 }  // namespace
 
@@ -213,6 +234,9 @@ struct Server::Impl {
   ServerOptions options;
   httplib::Server http;
   std::atomic<int> bound_port{0};
+  std::atomic<int> in_flight{0};  // responses still being written
+  std::atomic<bool> stopped{false};
+  std::atomic<bool> listen_returned{false};
 
   Impl(runtime::Engine& e, const tok::Tokenizer& t, ServerOptions o)
       : engine(e), tokenizer(t), options(std::move(o)) {}
@@ -286,6 +310,9 @@ struct Server::Impl {
     }
     if (const json* stop = f.get("stop")) {
       if (stop->is_string()) {
+        if (stop->get<std::string>().empty() || stop->get<std::string>().size() > 128) {
+          f.fail("stop", "stop strings must be non-empty and at most 128 bytes");
+        }
         r.stop.push_back(stop->get<std::string>());
       } else if (stop->is_array() && stop->size() <= kMaxStops) {
         for (const json& s : *stop) {
@@ -308,7 +335,10 @@ struct Server::Impl {
     auto body = parse_body(req, res);
     if (!body) return;
     Fields f{*body, {}};
-    const std::string model = body->value("model", options.model_name);
+    if (const auto m = body->find("model"); m != body->end() && !m->is_null() && !m->is_string()) {
+      return send_error(res, {400, "model must be a string", "model"});
+    }
+    const std::string model = string_or(*body, "model", options.model_name);
     if (const json* m = f.get("model"); m && !m->is_string())
       f.fail("model", "model must be a string");
     const json* msgs = f.get("messages");
@@ -342,7 +372,7 @@ struct Server::Impl {
               break;
             }
             tok::ToolCall call;
-            call.type = c.value("type", "function");
+            call.type = string_or(c, "type", "function");
             call.name = c["function"]["name"].get<std::string>();
             const json args = c["function"].value("arguments", json("{}"));
             call.arguments = args.is_string() ? args.get<std::string>() : args.dump();
@@ -358,12 +388,12 @@ struct Server::Impl {
     const bool stream = f.boolean("stream", false);
     bool include_usage = false;
     if (const json* so = f.get("stream_options"); so && so->is_object()) {
-      include_usage = so->value("include_usage", false);
+      include_usage = bool_or(*so, "include_usage", false);
     }
     // deepseek-reasoner thinks; deepseek-chat does not (V3.1 switches, R1 always thinks).
     bool thinking = model == "deepseek-reasoner";
     if (const json* t = f.get("thinking"); t && t->is_object())
-      thinking = t->value("type", "") == "enabled";
+      thinking = string_or(*t, "type", "") == "enabled";
     if (f.error) return send_error(res, *f.error);
     if (!known_model(model)) {
       return send_error(res, {404, "The model `" + model + "` does not exist", "model",
@@ -398,7 +428,10 @@ struct Server::Impl {
     auto body = parse_body(req, res);
     if (!body) return;
     Fields f{*body, {}};
-    const std::string model = body->value("model", options.model_name);
+    if (const auto m = body->find("model"); m != body->end() && !m->is_null() && !m->is_string()) {
+      return send_error(res, {400, "model must be a string", "model"});
+    }
+    const std::string model = string_or(*body, "model", options.model_name);
     const json* prompt = f.get("prompt");
     if (!prompt || !prompt->is_string()) f.fail("prompt", "prompt must be a string");
     std::string suffix;
@@ -413,7 +446,7 @@ struct Server::Impl {
     const bool stream = f.boolean("stream", false);
     bool include_usage = false;
     if (const json* so = f.get("stream_options"); so && so->is_object())
-      include_usage = so->value("include_usage", false);
+      include_usage = bool_or(*so, "include_usage", false);
     if (f.error) return send_error(res, *f.error);
     if (!known_model(model)) {
       return send_error(res, {404, "The model `" + model + "` does not exist", "model",
@@ -453,6 +486,9 @@ struct Server::Impl {
     bool busy = false;
     auto submitted = engine.submit(std::move(request), &busy);
     if (!submitted.ok()) {
+      if (busy && !engine.accepting()) {
+        return send_error(res, {503, submitted.error().message, "", "server_error", "shutting_down"});
+      }
       if (busy)
         return send_error(
             res, {429, submitted.error().message, "", "rate_limit_error", "rate_limit_exceeded"});
@@ -463,6 +499,9 @@ struct Server::Impl {
                               "invalid_request_error", code});
     }
     std::shared_ptr<runtime::RequestStream> rs = *submitted;
+    // Counted until its last byte is handed to the socket, so that stop() can drain.
+    auto in_flight_guard = std::shared_ptr<void>(nullptr, [this](void*) { --in_flight; });
+    ++in_flight;
     const std::string id = random_id(chat ? "chatcmpl" : "cmpl");
     const int64_t created = now_seconds();
     auto usage_json = [](const runtime::RequestEvent& done, int64_t reasoning_tokens,
@@ -475,8 +514,16 @@ struct Server::Impl {
       if (chat_usage) u["completion_tokens_details"] = {{"reasoning_tokens", reasoning_tokens}};
       return u;
     };
+    // DeepSeek's reasons; a request cut short by a shutdown is "insufficient_system_resource".
     auto finish_name = [](runtime::FinishReason r) {
-      return r == runtime::FinishReason::kStop ? "stop" : "length";
+      switch (r) {
+        case runtime::FinishReason::kStop:
+          return "stop";
+        case runtime::FinishReason::kCancelled:
+          return "insufficient_system_resource";
+        default:
+          return "length";
+      }
     };
 
     if (!stream) {
@@ -634,7 +681,7 @@ struct Server::Impl {
           sink.done();
           return true;
         },
-        [rs](bool) { rs->cancel(); });
+        [rs, in_flight_guard](bool) { rs->cancel(); });
   }
 
   void install_routes() {
@@ -711,6 +758,9 @@ struct Server::Impl {
         r.set_content(out, "text/plain; version=0.0.4");
       });
     }
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
+      send_error(r, {500, "internal error", "", "server_error"});
+    });
     http.set_error_handler([](const httplib::Request&, httplib::Response& r) {
       if (!r.body.empty()) return;  // a route already answered with its own error
       if (r.status == 404)
@@ -736,17 +786,35 @@ Status Server::listen() {
                               ? impl_->options.port
                               : -1);
   if (port < 0) {
+    impl_->listen_returned = true;
     return make_error(
         "cannot listen on " + impl_->options.host + ":" + std::to_string(impl_->options.port),
         "--port", {}, "is another server using the port?");
   }
   impl_->bound_port = port;
-  impl_->http.listen_after_bind();
+  const bool clean = impl_->http.listen_after_bind();
+  impl_->listen_returned = true;
+  if (!clean && !impl_->stopped) {
+    return make_error("the server stopped accepting connections", "--port");
+  }
   return ok_status();
 }
 
 int Server::port() const { return impl_->bound_port; }
 
-void Server::stop() { impl_->http.stop(); }
+void Server::stop(std::chrono::milliseconds drain) {
+  // Responses still being written get their last chunks out first.
+  const auto deadline = std::chrono::steady_clock::now() + drain;
+  while (impl_->in_flight > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  impl_->stopped = true;
+  // httplib's stop() only takes effect once listening has begun: wait for that, or for
+  // listen() to have failed or returned.
+  while (!impl_->http.is_running() && !impl_->listen_returned) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  impl_->http.stop();
+}
 
 }  // namespace whale::serve

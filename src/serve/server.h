@@ -3,6 +3,7 @@
 // GET /metrics.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -35,7 +36,9 @@ class Server {
   Status listen();
   // The port actually bound (useful with port 0).
   int port() const;
-  void stop();
+  // Waits up to `drain` for responses being written, then stops listening. Safe to call
+  // before listen() has started: it waits for it.
+  void stop(std::chrono::milliseconds drain = std::chrono::seconds(10));
 
  private:
   struct Impl;
