@@ -176,23 +176,12 @@ int run_chat(const ChatArgs& args) {
     std::vector<tok::ChatMessage> convo;
     if (!system.empty()) convo.push_back({"system", system, {}, false});
     convo.insert(convo.end(), messages.begin(), messages.end());
-    tok::ChatOptions options;
-    options.thinking = args.gen.thinking;
-    if (m->tokenizer->config().bos_token) options.bos_token = *m->tokenizer->config().bos_token;
-    auto rendered = tok::render_chat(*format, convo, options);
-    if (!rendered.ok()) return report("chat", rendered.error());
-    auto prompt = tok::encode_chat(*m->tokenizer, *rendered);
+    tok::RenderedChat rendered;
+    auto prompt = chat_prompt(*m, *format, convo, args.gen.thinking, &rendered);
     if (!prompt.ok()) return report("chat", prompt.error());
-
-    runtime::GenerationRequest req;
-    req.prompt = std::move(*prompt);
-    req.sampling = args.gen.sampling;
-    req.max_tokens = args.gen.max_tokens;
-    req.stop = args.gen.stop;
-    req.stop_ids = m->stop_ids;
-    // The answer opens inside the reasoning when the prompt ends by opening it.
-    const bool thinking =
-        rendered->text.ends_with("<think>") || rendered->text.ends_with("<think>\n");
+    const runtime::GenerationRequest req =
+        generation_request(args.gen, std::move(*prompt), m->stop_ids);
+    const bool thinking = tok::opens_thinking(rendered);
     AnswerPrinter printer(thinking, args.hide_thinking, color);
     g_interrupted = false;
     auto result = gen.generate(

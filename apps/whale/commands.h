@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "runtime/generator.h"
 #include "sampling/sampler.h"
 
 namespace whale::app {
@@ -74,6 +75,10 @@ struct GenerationArgs {
   int64_t context = 4096;
 };
 void add_generation_options(CLI::App* cmd, GenerationArgs& args);
+// A request with the sampling settings and limits of `args`.
+runtime::GenerationRequest generation_request(const GenerationArgs& args,
+                                              std::vector<int32_t> prompt,
+                                              const std::vector<int32_t>& stop_ids);
 
 struct RunArgs {
   GenerationArgs gen;

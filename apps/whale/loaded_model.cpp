@@ -31,6 +31,16 @@ Result<tok::ChatFormat> chat_format_for(const LoadedModel& m, const std::string&
                     "pass --chat-format v3, r1 or v3.1");
 }
 
+Result<std::vector<int32_t>> chat_prompt(const LoadedModel& m, tok::ChatFormat format,
+                                         std::span<const tok::ChatMessage> messages, bool thinking,
+                                         tok::RenderedChat* rendered) {
+  tok::ChatOptions options;
+  options.thinking = thinking;
+  if (m.tokenizer->config().bos_token) options.bos_token = *m.tokenizer->config().bos_token;
+  WHALE_ASSIGN_OR_RETURN(*rendered, tok::render_chat(format, messages, options));
+  return tok::encode_chat(*m.tokenizer, *rendered);
+}
+
 Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet) {
   LoadedModel m;
   m.dir = dir;

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "backends/cpu/cpu_backend.h"
@@ -29,6 +30,11 @@ Result<std::string> resolve_model_dir(const std::string& given);
 
 // The chat format: --chat-format if given, else the one recognised from the model's files.
 Result<tok::ChatFormat> chat_format_for(const LoadedModel& m, const std::string& flag);
+
+// Renders a conversation in `format` with the model's BOS and encodes it.
+Result<std::vector<int32_t>> chat_prompt(const LoadedModel& m, tok::ChatFormat format,
+                                         std::span<const tok::ChatMessage> messages, bool thinking,
+                                         tok::RenderedChat* rendered);
 
 // Loads everything, with a progress bar on a terminal and one summary line on stderr.
 Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet);

@@ -30,6 +30,18 @@ void add_generation_options(CLI::App* cmd, GenerationArgs& args) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
 }
 
+runtime::GenerationRequest generation_request(const GenerationArgs& args,
+                                              std::vector<int32_t> prompt,
+                                              const std::vector<int32_t>& stop_ids) {
+  runtime::GenerationRequest req;
+  req.prompt = std::move(prompt);
+  req.sampling = args.sampling;
+  req.max_tokens = args.max_tokens;
+  req.stop = args.stop;
+  req.stop_ids = stop_ids;
+  return req;
+}
+
 void add_run_command(CLI::App& app, RunArgs& args) {
   auto* cmd = app.add_subcommand("run", "Complete a prompt, streaming the answer to stdout");
   add_generation_options(cmd, args.gen);
@@ -64,12 +76,8 @@ int run_run(const RunArgs& args) {
     std::vector<tok::ChatMessage> messages;
     if (!args.gen.system.empty()) messages.push_back({"system", args.gen.system, {}, false});
     messages.push_back({"user", args.prompt, {}, false});
-    tok::ChatOptions options;
-    options.thinking = args.gen.thinking;
-    if (m->tokenizer->config().bos_token) options.bos_token = *m->tokenizer->config().bos_token;
-    auto rendered = tok::render_chat(*format, messages, options);
-    if (!rendered.ok()) return report("run", rendered.error());
-    prompt = tok::encode_chat(*m->tokenizer, *rendered);
+    tok::RenderedChat rendered;
+    prompt = chat_prompt(*m, *format, messages, args.gen.thinking, &rendered);
   } else {
     // A raw completion: BOS, then the prompt as plain text.
     prompt = m->tokenizer->encode(args.prompt, tok::SpecialTokens::kIgnore);
@@ -79,12 +87,8 @@ int run_run(const RunArgs& args) {
   }
   if (!prompt.ok()) return report("run", prompt.error());
 
-  runtime::GenerationRequest req;
-  req.prompt = std::move(*prompt);
-  req.sampling = args.gen.sampling;
-  req.max_tokens = args.gen.max_tokens;
-  req.stop = args.gen.stop;
-  req.stop_ids = m->stop_ids;
+  const runtime::GenerationRequest req =
+      generation_request(args.gen, std::move(*prompt), m->stop_ids);
   runtime::Generator gen(*m->model, m->tokenizer.get(), *m->backend, args.gen.context);
   auto result = gen.generate(req, [](std::string_view text) {
     std::fwrite(text.data(), 1, text.size(), stdout);

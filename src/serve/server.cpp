@@ -225,7 +225,6 @@ class ReasoningSplitter {
 
 std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
 
-
 }  // namespace
 
 struct Server::Impl {
@@ -330,17 +329,34 @@ struct Server::Impl {
     return r;
   }
 
+  // The requested model's name (the served model when absent); nullopt after a 400/404.
+  std::optional<std::string> request_model(const json& body, httplib::Response& res) {
+    if (const auto m = body.find("model"); m != body.end() && !m->is_null() && !m->is_string()) {
+      send_error(res, {400, "model must be a string", "model"});
+      return std::nullopt;
+    }
+    std::string model = string_or(body, "model", options.model_name);
+    if (!known_model(model)) {
+      send_error(res, {404, "The model `" + model + "` does not exist", "model",
+                       "invalid_request_error", "model_not_found"});
+      return std::nullopt;
+    }
+    return model;
+  }
+
+  // stream_options.include_usage, where given.
+  static bool include_usage(Fields& f) {
+    const json* so = f.get("stream_options");
+    return so && so->is_object() && bool_or(*so, "include_usage", false);
+  }
+
   void handle_chat(const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     auto body = parse_body(req, res);
     if (!body) return;
     Fields f{*body, {}};
-    if (const auto m = body->find("model"); m != body->end() && !m->is_null() && !m->is_string()) {
-      return send_error(res, {400, "model must be a string", "model"});
-    }
-    const std::string model = string_or(*body, "model", options.model_name);
-    if (const json* m = f.get("model"); m && !m->is_string())
-      f.fail("model", "model must be a string");
+    const auto model = request_model(*body, res);
+    if (!model) return;
     const json* msgs = f.get("messages");
     if (!msgs)
       f.fail("messages", "messages is required");
@@ -386,19 +402,12 @@ struct Server::Impl {
     }
     runtime::GenerationRequest request = common_request(f);
     const bool stream = f.boolean("stream", false);
-    bool include_usage = false;
-    if (const json* so = f.get("stream_options"); so && so->is_object()) {
-      include_usage = bool_or(*so, "include_usage", false);
-    }
+    const bool usage = include_usage(f);
     // deepseek-reasoner thinks; deepseek-chat does not (V3.1 switches, R1 always thinks).
-    bool thinking = model == "deepseek-reasoner";
+    bool thinking = *model == "deepseek-reasoner";
     if (const json* t = f.get("thinking"); t && t->is_object())
       thinking = string_or(*t, "type", "") == "enabled";
     if (f.error) return send_error(res, *f.error);
-    if (!known_model(model)) {
-      return send_error(res, {404, "The model `" + model + "` does not exist", "model",
-                              "invalid_request_error", "model_not_found"});
-    }
     tok::ChatOptions chat;
     chat.thinking = thinking;
     chat.bos_token = options.bos_token;
@@ -418,9 +427,8 @@ struct Server::Impl {
     auto ids = tok::encode_chat(tokenizer, *rendered);
     if (!ids.ok()) return send_error(res, {400, ids.error().message});
     request.prompt = std::move(*ids);
-    const bool opens_thinking =
-        !prefix && (rendered->text.ends_with("<think>") || rendered->text.ends_with("<think>\n"));
-    run(request, res, stream, include_usage, model, /*chat=*/true, opens_thinking);
+    run(request, res, stream, usage, *model, /*chat=*/true,
+        !prefix && tok::opens_thinking(*rendered));
   }
 
   void handle_completion(const httplib::Request& req, httplib::Response& res) {
@@ -428,10 +436,8 @@ struct Server::Impl {
     auto body = parse_body(req, res);
     if (!body) return;
     Fields f{*body, {}};
-    if (const auto m = body->find("model"); m != body->end() && !m->is_null() && !m->is_string()) {
-      return send_error(res, {400, "model must be a string", "model"});
-    }
-    const std::string model = string_or(*body, "model", options.model_name);
+    const auto model = request_model(*body, res);
+    if (!model) return;
     const json* prompt = f.get("prompt");
     if (!prompt || !prompt->is_string()) f.fail("prompt", "prompt must be a string");
     std::string suffix;
@@ -444,14 +450,8 @@ struct Server::Impl {
     if (f.boolean("echo", false)) f.fail("echo", "echo is not supported");
     runtime::GenerationRequest request = common_request(f);
     const bool stream = f.boolean("stream", false);
-    bool include_usage = false;
-    if (const json* so = f.get("stream_options"); so && so->is_object())
-      include_usage = bool_or(*so, "include_usage", false);
+    const bool usage = include_usage(f);
     if (f.error) return send_error(res, *f.error);
-    if (!known_model(model)) {
-      return send_error(res, {404, "The model `" + model + "` does not exist", "model",
-                              "invalid_request_error", "model_not_found"});
-    }
     const std::string text = prompt->get<std::string>();
     if (!tok::is_valid_utf8(text) || !tok::is_valid_utf8(suffix)) {
       return send_error(res, {400, "prompt and suffix must be valid UTF-8", "prompt"});
@@ -476,7 +476,7 @@ struct Server::Impl {
     auto ids = tok::encode_chat(tokenizer, r);
     if (!ids.ok()) return send_error(res, {400, ids.error().message});
     request.prompt = std::move(*ids);
-    run(request, res, stream, include_usage, model, /*chat=*/false, false);
+    run(request, res, stream, usage, *model, /*chat=*/false, false);
   }
 
   // Submits and answers, streaming or not.
@@ -487,7 +487,8 @@ struct Server::Impl {
     auto submitted = engine.submit(std::move(request), &busy);
     if (!submitted.ok()) {
       if (busy && !engine.accepting()) {
-        return send_error(res, {503, submitted.error().message, "", "server_error", "shutting_down"});
+        return send_error(res,
+                          {503, submitted.error().message, "", "server_error", "shutting_down"});
       }
       if (busy)
         return send_error(
@@ -758,9 +759,10 @@ struct Server::Impl {
         r.set_content(out, "text/plain; version=0.0.4");
       });
     }
-    http.set_exception_handler([](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
-      send_error(r, {500, "internal error", "", "server_error"});
-    });
+    http.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
+          send_error(r, {500, "internal error", "", "server_error"});
+        });
     http.set_error_handler([](const httplib::Request&, httplib::Response& r) {
       if (!r.body.empty()) return;  // a route already answered with its own error
       if (r.status == 404)

@@ -227,6 +227,10 @@ Result<RenderedChat> render_chat(ChatFormat format, std::span<const ChatMessage>
   return render_v31(messages, options);
 }
 
+bool opens_thinking(const RenderedChat& chat) {
+  return chat.text.ends_with("<think>") || chat.text.ends_with("<think>\n");
+}
+
 Result<std::vector<int32_t>> encode_chat(const Tokenizer& tokenizer, const RenderedChat& chat) {
   return tokenizer.encode_with_scaffolding(chat.text, chat.scaffolding);
 }

@@ -49,6 +49,9 @@ struct RenderedChat {
 Result<RenderedChat> render_chat(ChatFormat format, std::span<const ChatMessage> messages,
                                  const ChatOptions& options);
 
+// Whether the answer starts inside reasoning: the rendered prompt ends by opening <think>.
+bool opens_thinking(const RenderedChat& chat);
+
 // Token ids of a rendered chat: special tokens recognised in the scaffolding only.
 Result<std::vector<int32_t>> encode_chat(const Tokenizer& tokenizer, const RenderedChat& chat);
 
