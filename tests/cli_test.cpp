@@ -55,7 +55,10 @@ TEST(Cli, LogitsTopTenAndRawFile) {
   test::TempDir dir;
   const auto ids = test::fixture_ids("v3_yarn");
   std::string list;
-  for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) list += ',';
+    list += std::to_string(ids[i]);
+  }
   std::string out;
   ASSERT_EQ(run_command(whale() + " logits " + q(test::fixture_dir("v3_yarn")) + " --ids " + list +
                             " --out " + q(dir.file("l.f32")),
@@ -135,6 +138,24 @@ TEST(Cli, BadCheckpointFilesGiveClearErrors) {
   test::write_file(dir.file("config.json"), cfg.dump());
   EXPECT_EQ(run_command(whale() + " info " + q(dir.path()), &out), 2);
   EXPECT_NE(out.find("kv_lora_rank: must be an integer, got string"), std::string::npos) << out;
+}
+
+TEST(Cli, BenchReportsSpeedsAgainstMeasuredLimits) {
+  std::string out;
+  ASSERT_EQ(run_command(whale() + " bench " + q(test::fixture_dir("v3_fp8")) +
+                            " --prompt 8 --gen 2 --reps 1 --json 2>/dev/null",
+                        &out),
+            0)
+      << out;
+  const auto j = nlohmann::json::parse(out);
+  for (const char* key :
+       {"prefill_tps", "decode_tps", "decode_bytes_per_token", "bandwidth_gbs", "fma_peak_gflops",
+        "decode_fraction_of_limit", "prefill_fraction_of_limit", "peak_rss_bytes"}) {
+    ASSERT_TRUE(j.contains(key)) << key;
+    EXPECT_GT(j[key].get<double>(), 0) << key;
+  }
+  // Bytes per token from the stored dtypes: the fp8 projections count one byte per weight.
+  EXPECT_GT(j["decode_bytes_by_dtype"]["F8_E4M3"].get<double>(), 0);
 }
 
 TEST(Cli, FifoInsteadOfAFileDoesNotHang) {

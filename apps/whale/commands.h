@@ -110,6 +110,17 @@ struct ServeArgs {
 void add_serve_command(CLI::App& app, ServeArgs& args);
 int run_serve(const ServeArgs& args);
 
+struct BenchArgs {
+  std::string model_dir;
+  int prompt = 512;
+  int gen = 64;
+  int threads = 0;
+  int reps = 3;
+  bool json = false;
+};
+void add_bench_command(CLI::App& app, BenchArgs& args);
+int run_bench(const BenchArgs& args);
+
 struct SynthArgs {
   std::string config;
   std::string out_dir;

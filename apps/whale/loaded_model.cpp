@@ -41,7 +41,8 @@ Result<std::vector<int32_t>> chat_prompt(const LoadedModel& m, tok::ChatFormat f
   return tok::encode_chat(*m.tokenizer, *rendered);
 }
 
-Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet) {
+Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet,
+                               bool with_tokenizer) {
   LoadedModel m;
   m.dir = dir;
   const bool bar = !quiet && isatty(STDERR_FILENO);
@@ -55,26 +56,28 @@ Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet) 
   WHALE_ASSIGN_OR_RETURN(model::Model model, model::Model::load(dir, progress));
   m.model = std::make_unique<model::Model>(std::move(model));
   std::error_code ec;
-  if (!fs::exists(fs::path(dir) / "tokenizer.json", ec)) {
+  if (with_tokenizer && !fs::exists(fs::path(dir) / "tokenizer.json", ec)) {
     return make_error("tokenizer.json not found", {}, dir,
                       "generation needs the model's tokenizer files beside its weights");
   }
-  WHALE_ASSIGN_OR_RETURN(tok::Tokenizer tokenizer, tok::Tokenizer::load(dir));
-  if (tokenizer.vocab_size() > m.model->config().vocab_size) {
-    return make_error("the tokenizer has ids up to " + std::to_string(tokenizer.vocab_size() - 1) +
-                          " but the model's vocab_size is " +
-                          std::to_string(m.model->config().vocab_size),
-                      "tokenizer.json", dir);
-  }
-  m.tokenizer = std::make_unique<tok::Tokenizer>(std::move(tokenizer));
-  m.chat_format = tok::detect_chat_format(m.tokenizer->config().chat_template);
-  if (m.model->config().eos_token_id) {
-    m.stop_ids.push_back(static_cast<int32_t>(*m.model->config().eos_token_id));
-  }
-  if (const auto& eos = m.tokenizer->config().eos_token) {
-    if (auto id = m.tokenizer->token_id(*eos);
-        id && std::find(m.stop_ids.begin(), m.stop_ids.end(), *id) == m.stop_ids.end()) {
-      m.stop_ids.push_back(*id);
+  if (with_tokenizer) {
+    WHALE_ASSIGN_OR_RETURN(tok::Tokenizer tokenizer, tok::Tokenizer::load(dir));
+    if (tokenizer.vocab_size() > m.model->config().vocab_size) {
+      return make_error(
+          "the tokenizer has ids up to " + std::to_string(tokenizer.vocab_size() - 1) +
+              " but the model's vocab_size is " + std::to_string(m.model->config().vocab_size),
+          "tokenizer.json", dir);
+    }
+    m.tokenizer = std::make_unique<tok::Tokenizer>(std::move(tokenizer));
+    m.chat_format = tok::detect_chat_format(m.tokenizer->config().chat_template);
+    if (m.model->config().eos_token_id) {
+      m.stop_ids.push_back(static_cast<int32_t>(*m.model->config().eos_token_id));
+    }
+    if (const auto& eos = m.tokenizer->config().eos_token) {
+      if (auto id = m.tokenizer->token_id(*eos);
+          id && std::find(m.stop_ids.begin(), m.stop_ids.end(), *id) == m.stop_ids.end()) {
+        m.stop_ids.push_back(*id);
+      }
     }
   }
   m.pool = std::make_unique<ThreadPool>(threads);

@@ -36,7 +36,9 @@ Result<std::vector<int32_t>> chat_prompt(const LoadedModel& m, tok::ChatFormat f
                                          std::span<const tok::ChatMessage> messages, bool thinking,
                                          tok::RenderedChat* rendered);
 
-// Loads everything, with a progress bar on a terminal and one summary line on stderr.
-Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet);
+// Loads everything, with a progress bar on a terminal and one summary line on stderr. Without
+// `with_tokenizer`, tokenizer.json is not needed (and `tokenizer` stays null).
+Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet,
+                               bool with_tokenizer = true);
 
 }  // namespace whale::app

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   whale::app::add_run_command(app, run);
   whale::app::ServeArgs serve;
   whale::app::add_serve_command(app, serve);
+  whale::app::BenchArgs bench;
+  whale::app::add_bench_command(app, bench);
   whale::app::ChatArgs chat;
   whale::app::add_chat_command(app, chat);
   whale::app::TemplateArgs chat_template;
@@ -41,6 +43,7 @@ int main(int argc, char** argv) {
   }
   if (app.got_subcommand("run")) return whale::app::run_run(run);
   if (app.got_subcommand("chat")) return whale::app::run_chat(chat);
+  if (app.got_subcommand("bench")) return whale::app::run_bench(bench);
   if (app.got_subcommand("serve")) return whale::app::run_serve(serve);
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);

@@ -36,7 +36,35 @@ float dot_portable(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
                                                             int64_t n) WHALE_AXPY_BODY
 #endif
 
+// 16 accumulators of 16 lanes: enough independent chains to keep both FMA ports busy.
+#define WHALE_FMA_BODY                                       \
+  {                                                          \
+    float acc[256];                                          \
+    for (int j = 0; j < 256; ++j) acc[j] = 1.0f + j * 1e-3f; \
+    const float a = 0.999999f, b = 1e-7f;                    \
+    for (int64_t i = 0; i < iters; ++i) {                    \
+      for (int j = 0; j < 256; ++j) acc[j] = acc[j] * a + b; \
+    }                                                        \
+    float s = 0;                                             \
+    for (int j = 0; j < 256; ++j) s += acc[j];               \
+    return s;                                                \
+  }
+
+    float fma_portable(int64_t iters) WHALE_FMA_BODY
+#if defined(__x86_64__)
+    __attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) WHALE_FMA_BODY
+    __attribute__((target("avx512f,fma"))) float fma_avx512(int64_t iters) WHALE_FMA_BODY
+#endif
+
 }  // namespace
+
+float fma_throughput_loop(Isa isa, int64_t iters) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512) return fma_avx512(iters);
+  if (isa == Isa::kAvx2) return fma_avx2(iters);
+#endif
+  return fma_portable(iters);
+}
 
 DotFn dot_kernel(Isa isa) {
 #if defined(__x86_64__)

@@ -1,0 +1,187 @@
+// whale bench: prefill and decode speed, each as a fraction of this machine's limit measured in
+// the same run: memory read bandwidth for decode, f32 FMA throughput for prefill (the kernels
+// compute in f32; AMX/BF16 kernels will need their own peaks).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "apps/whale/commands.h"
+#include "apps/whale/loaded_model.h"
+#include "backends/cpu/vector_kernels.h"
+#include "model/tensor_table.h"
+
+namespace whale::app {
+
+void add_bench_command(CLI::App& app, BenchArgs& args) {
+  auto* cmd =
+      app.add_subcommand("bench", "Measure prefill and decode speed against the machine's limits");
+  cmd->add_option("MODEL_DIR", args.model_dir, "model directory")->required();
+  cmd->add_option("--prompt", args.prompt, "prompt tokens")->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--gen", args.gen, "tokens to decode")->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--threads", args.threads, "threads (default: every core)")
+      ->check(CLI::Range(0, 1024));
+  cmd->add_option("--reps", args.reps, "repetitions (the median is reported)")
+      ->check(CLI::Range(1, 100));
+  cmd->add_flag("--json", args.json, "print one JSON object");
+}
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Memory read bandwidth with every thread: sums a buffer far larger than the caches.
+double measure_bandwidth_gbs(ThreadPool& pool, int reps) {
+  const size_t words = size_t{1} << 27;  // 1 GiB of u64
+  std::vector<uint64_t> buf(words, 1);
+  std::vector<double> rates;
+  for (int r = 0; r < reps + 1; ++r) {  // the first pass warms up page tables
+    std::atomic<uint64_t> total{0};
+    const auto t0 = clock_type::now();
+    pool.parallel_for(static_cast<int64_t>(words), [&](int64_t b, int64_t e) {
+      uint64_t acc[8] = {};
+      int64_t i = b;
+      for (; i + 8 <= e; i += 8) {
+        for (int j = 0; j < 8; ++j) acc[j] += buf[static_cast<size_t>(i + j)];
+      }
+      for (; i < e; ++i) acc[0] += buf[static_cast<size_t>(i)];
+      uint64_t s = 0;
+      for (uint64_t a : acc) s += a;
+      total += s;
+    });
+    const double t = seconds_since(t0);
+    if (total.load() != words) std::fprintf(stderr, "bandwidth check failed\n");
+    if (r > 0) rates.push_back(double(words) * 8 / t / 1e9);
+  }
+  return median(rates);
+}
+
+// The f32 multiply-add throughput of every thread, in registers: the ceiling for whale's CPU
+// matmuls, which compute in f32 whatever the stored dtype.
+double measure_fma_peak_gflops(ThreadPool& pool, cpu::Isa isa, int reps) {
+  const int64_t iters = 2'000'000;
+  std::vector<double> rates;
+  for (int r = 0; r < reps + 1; ++r) {
+    std::atomic<float> sink{0};
+    const auto t0 = clock_type::now();
+    pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) sink = sink + cpu::fma_throughput_loop(isa, iters);
+    });
+    const double t = seconds_since(t0);
+    if (r > 0) rates.push_back(512.0 * double(iters) * pool.size() / t / 1e9);
+  }
+  return median(rates);
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& args) {
+  auto m = load_model(args.model_dir, args.threads, args.json, /*with_tokenizer=*/false);
+  if (!m.ok()) return report("bench", m.error());
+  const model::ModelConfig& c = m->model->config();
+  const Checkpoint& ckpt = m->model->checkpoint();
+
+  // Bytes read and matmul parameters per token, from the tensor table at stored dtypes.
+  model::ModelWeights scratch;
+  double bytes_per_token = 0, active_matmul_params = 0;
+  std::map<std::string, double> bytes_by_dtype;
+  const double routed_share = double(c.num_experts_per_tok) / double(c.n_routed_experts);
+  for (const model::TensorSpec& s : model::tensor_table(c, &scratch)) {
+    if (s.group != model::TensorGroup::kMain) continue;
+    const StoredTensor* t = ckpt.find(s.checkpoint);
+    if (!t) continue;  // a tied head
+    double bytes = double(t->view.nbytes());
+    if (const StoredTensor* sc = ckpt.find(s.checkpoint + "_scale_inv"))
+      bytes += double(sc->view.nbytes());
+    double params = double(t->view.numel());
+    const double share = s.routed_expert ? routed_share : 1.0;
+    if (s.checkpoint == "model.embed_tokens.weight") {
+      bytes /= double(c.vocab_size);  // one row is looked up
+      params = 0;                     // and no multiply-adds
+    } else if (s.kind != model::TensorKind::kLinear && s.kind != model::TensorKind::kTable) {
+      params = 0;
+    }
+    bytes_per_token += bytes * share;
+    active_matmul_params += params * share;
+    bytes_by_dtype[std::string(dtype_name(t->view.dtype))] += bytes * share;
+  }
+  const DType main_dtype = m->model->weights().layers[0].attn.kv_a.dtype;
+
+  const double bandwidth = measure_bandwidth_gbs(*m->pool, args.reps);
+  const double peak = measure_fma_peak_gflops(*m->pool, m->backend->isa(), args.reps);
+
+  std::mt19937 rng(42);
+  std::vector<int32_t> prompt(static_cast<size_t>(args.prompt));
+  for (auto& id : prompt) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
+  std::vector<double> prefill_tps, decode_tps;
+  model::KvCache cache(c, args.prompt + args.gen);
+  for (int r = 0; r < args.reps; ++r) {
+    cache.clear();
+    auto t0 = clock_type::now();
+    auto logits = m->model->forward(*m->backend, prompt, cache);
+    if (!logits.ok()) return report("bench", logits.error());
+    prefill_tps.push_back(args.prompt / seconds_since(t0));
+    t0 = clock_type::now();
+    for (int g = 0; g < args.gen; ++g) {
+      const auto next =
+          static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+      logits = m->model->forward(*m->backend, std::span(&next, 1), cache);
+      if (!logits.ok()) return report("bench", logits.error());
+    }
+    decode_tps.push_back(args.gen / seconds_since(t0));
+  }
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+
+  const double decode = median(decode_tps), prefill = median(prefill_tps);
+  const double decode_limit = bandwidth * 1e9 / bytes_per_token;
+  const double prefill_limit = peak * 1e9 / (2 * active_matmul_params);
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["model"] = args.model_dir;
+    j["threads"] = m->pool->size();
+    j["backend"] = m->backend->name();
+    j["weights_dtype"] = dtype_name(main_dtype);
+    j["prompt_tokens"] = args.prompt;
+    j["gen_tokens"] = args.gen;
+    j["prefill_tps"] = prefill;
+    j["decode_tps"] = decode;
+    j["decode_bytes_per_token"] = bytes_per_token;
+    j["decode_bytes_by_dtype"] = bytes_by_dtype;
+    j["active_matmul_params_per_token"] = active_matmul_params;
+    j["bandwidth_gbs"] = bandwidth;
+    j["fma_peak_gflops"] = peak;
+    j["decode_limit_tps"] = decode_limit;
+    j["prefill_limit_tps"] = prefill_limit;
+    j["decode_fraction_of_limit"] = decode / decode_limit;
+    j["prefill_fraction_of_limit"] = prefill / prefill_limit;
+    j["peak_rss_bytes"] = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  std::printf("machine   %.1f GB/s read, %.1f GFLOP/s f32 FMA (%d threads, %s); weights %s\n",
+              bandwidth, peak, m->pool->size(), std::string(m->backend->name()).c_str(),
+              std::string(dtype_name(main_dtype)).c_str());
+  std::printf("per token %.1f MB read, %.3fB matmul parameters\n", bytes_per_token / 1e6,
+              active_matmul_params / 1e9);
+  std::printf("prefill   %.1f tokens/s  (limit %.1f: %.1f%%)  [%d tokens, median of %d]\n", prefill,
+              prefill_limit, 100 * prefill / prefill_limit, args.prompt, args.reps);
+  std::printf("decode    %.1f tokens/s  (limit %.1f: %.1f%%)  [%d tokens, median of %d]\n", decode,
+              decode_limit, 100 * decode / decode_limit, args.gen, args.reps);
+  std::printf("peak RSS  %.1f MB\n", double(usage.ru_maxrss) / 1024);
+  return 0;
+}
+
+}  // namespace whale::app
