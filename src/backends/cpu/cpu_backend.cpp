@@ -33,12 +33,31 @@ std::vector<Isa> supported_isas() {
 Isa best_isa() { return supported_isas().back(); }
 
 CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
-    : pool_(pool), isa_(isa), dot_(dot_kernel(isa)), axpy_(axpy_kernel(isa)) {}
+    : pool_(pool),
+      isa_(isa),
+      dot_(dot_kernel(isa)),
+      dot_bf16_(dot_bf16_kernel(isa)),
+      axpy_(axpy_kernel(isa)) {}
 
 void CpuBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                         const ops::Matrix& w) const {
   // Each thread owns a range of weight rows: every weight byte is read once per call,
   // whatever the number of tokens.
+  if (w.dtype == DType::kBF16) {
+    // Multiply straight from the stored bf16 row (widened in registers), which stays in L1
+    // for the next token; converting it first would cost a pass through memory per row. Used
+    // for every batch size so that a row's result never depends on the batch it is in.
+    pool_.parallel_for(
+        w.rows,
+        [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols;
+            for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot_bf16_(x + t * ldx, row, w.cols);
+          }
+        },
+        /*grain=*/16);
+    return;
+  }
   pool_.parallel_for(
       w.rows,
       [&](int64_t r0, int64_t r1) {

@@ -39,6 +39,7 @@ class CpuBackend final : public ops::Backend {
   ThreadPool& pool_;
   Isa isa_;
   float (*dot_)(const float*, const float*, int64_t);
+  float (*dot_bf16_)(const float*, const uint16_t*, int64_t);
   void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
 };
 
