@@ -8,6 +8,8 @@
 #include <random>
 #include <thread>
 
+#include "serve/api_request.h"
+#include "serve/reasoning_splitter.h"
 #include "tokenizer/utf8.h"
 
 namespace whale::serve {
@@ -16,70 +18,8 @@ extern const std::string_view kChatPage;  // web/chat.html, compiled in
 
 namespace {
 
-using nlohmann::json;
-
 constexpr int kMaxJsonDepth = 64;
 constexpr size_t kMaxStops = 16;
-constexpr std::string_view kThinkEnd = "</think>";
-
-// An API error in OpenAI's shape.
-struct ApiError {
-  ApiError(int s, std::string m, std::string p = {}, std::string t = "invalid_request_error",
-           std::string c = {})
-      : status(s),
-        message(std::move(m)),
-        param(std::move(p)),
-        type(std::move(t)),
-        code(std::move(c)) {}
-  int status;
-  std::string message;
-  std::string param;
-  std::string type;
-  std::string code;
-};
-
-void send_error(httplib::Response& res, const ApiError& e) {
-  json body = {{"error",
-                {{"message", e.message},
-                 {"type", e.type},
-                 {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-                 {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
-  res.status = e.status;
-  res.set_content(body.dump(), "application/json");
-}
-
-// Nesting depth of a JSON text, counted outside strings (checked before parsing, so that a
-// hostile body cannot exhaust the parser's stack).
-int json_depth(std::string_view s) {
-  int depth = 0, max_depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      max_depth = std::max(max_depth, ++depth);
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return max_depth;
-}
-
-// obj[key] if it is a string, else `fallback` (never throws on a wrong type).
-std::string string_or(const json& obj, const char* key, const std::string& fallback) {
-  const auto it = obj.find(key);
-  return it != obj.end() && it->is_string() ? it->get<std::string>() : fallback;
-}
-bool bool_or(const json& obj, const char* key, bool fallback) {
-  const auto it = obj.find(key);
-  return it != obj.end() && it->is_boolean() ? it->get<bool>() : fallback;
-}
 
 std::string random_id(const char* prefix) {
   static std::atomic<uint64_t> counter{0};
@@ -95,133 +35,6 @@ int64_t now_seconds() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
-
-// Typed access to request fields, failing with a 400 that names the field.
-struct Fields {
-  const json& body;
-  std::optional<ApiError> error;
-
-  const json* get(const char* key) {
-    const auto it = body.find(key);
-    return it == body.end() || it->is_null() ? nullptr : &*it;
-  }
-  void fail(const std::string& param, const std::string& message) {
-    if (!error) error = ApiError{400, message, param};
-  }
-  double number(const char* key, double fallback, double lo, double hi) {
-    const json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_number()) {
-      fail(key, std::string(key) + " must be a number");
-      return fallback;
-    }
-    const double x = v->get<double>();
-    if (!std::isfinite(x) || x < lo || x > hi) {
-      fail(key,
-           std::string(key) + " must be between " + json(lo).dump() + " and " + json(hi).dump());
-      return fallback;
-    }
-    return x;
-  }
-  int64_t integer(const char* key, int64_t fallback, int64_t lo, int64_t hi) {
-    const json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_number_integer()) {
-      fail(key, std::string(key) + " must be an integer");
-      return fallback;
-    }
-    if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(hi)) {
-      fail(key, std::string(key) + " must be at most " + std::to_string(hi));
-      return fallback;
-    }
-    const int64_t x = v->get<int64_t>();
-    if (x < lo || x > hi) {
-      fail(key, std::string(key) + " must be between " + std::to_string(lo) + " and " +
-                    std::to_string(hi));
-      return fallback;
-    }
-    return x;
-  }
-  bool boolean(const char* key, bool fallback) {
-    const json* v = get(key);
-    if (!v) return fallback;
-    if (!v->is_boolean()) {
-      fail(key, std::string(key) + " must be true or false");
-      return fallback;
-    }
-    return v->get<bool>();
-  }
-};
-
-// Text of a message's content: a string, or a list of {"type": "text", "text": ...} parts.
-std::optional<std::string> content_text(const json& c, Fields& f, const std::string& param) {
-  if (c.is_null()) return std::nullopt;
-  if (c.is_string()) return c.get<std::string>();
-  if (c.is_array()) {
-    std::string out;
-    for (const json& part : c) {
-      if (!part.is_object() || string_or(part, "type", "") != "text" || !part.contains("text") ||
-          !part["text"].is_string()) {
-        f.fail(param, "only text content parts are supported");
-        return std::nullopt;
-      }
-      out += part["text"].get<std::string>();
-    }
-    return out;
-  }
-  f.fail(param, "content must be a string, a list of text parts, or null");
-  return std::nullopt;
-}
-
-// Splits an answer's text into reasoning (before </think>) and content, as it streams.
-class ReasoningSplitter {
- public:
-  explicit ReasoningSplitter(bool thinking) : after_think_(thinking), thinking_(thinking) {}
-  // Returns (reasoning, content) pieces that are final now.
-  std::pair<std::string, std::string> push(std::string_view text) {
-    if (!thinking_) return {{}, strip_leading_newlines(std::string(text))};
-    held_ += text;
-    const size_t end = held_.find(kThinkEnd);
-    if (end != std::string::npos) {
-      thinking_ = false;
-      std::string reasoning = held_.substr(0, end);
-      std::string content = strip_leading_newlines(held_.substr(end + kThinkEnd.size()));
-      held_.clear();
-      return {reasoning, content};
-    }
-    size_t keep = 0;
-    for (size_t n = std::min(kThinkEnd.size() - 1, held_.size()); n > 0; --n) {
-      if (held_.compare(held_.size() - n, n, kThinkEnd, 0, n) == 0) {
-        keep = n;
-        break;
-      }
-    }
-    std::string out = held_.substr(0, held_.size() - keep);
-    held_.erase(0, held_.size() - keep);
-    return {out, {}};
-  }
-  std::pair<std::string, std::string> flush() {
-    std::string rest = std::move(held_);
-    held_.clear();
-    if (thinking_) return {rest, {}};
-    return {{}, strip_leading_newlines(rest)};
-  }
-  bool thinking() const { return thinking_; }
-
- private:
-  // The answer after </think> usually opens with blank lines; they are not content. They may
-  // arrive in pieces after the tag, so this lasts until the first other character.
-  std::string strip_leading_newlines(std::string s) {
-    if (!after_think_) return s;
-    const size_t n = s.find_first_not_of('\n');
-    if (n == std::string::npos) return {};
-    after_think_ = false;
-    return s.substr(n);
-  }
-  bool after_think_;  // strip newlines until content starts (only after a </think>)
-  bool thinking_;
-  std::string held_;
-};
 
 std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
 
