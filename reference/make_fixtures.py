@@ -121,21 +121,10 @@ FP8_QCFG = {
     "weight_block_size": [FP8_BLOCK, FP8_BLOCK],
 }
 
+# V2 shares V3_SMALL's shapes; it differs in routing, the q projection, YaRN and MTP.
 V2_SMALL = dict(
-    vocab_size=256,
-    hidden_size=64,
-    num_hidden_layers=3,
-    first_k_dense_replace=1,
-    moe_layer_freq=1,
-    num_attention_heads=4,
-    num_key_value_heads=4,
+    {k: v for k, v in V3_SMALL.items() if k != "num_nextn_predict_layers"},
     q_lora_rank=None,
-    kv_lora_rank=32,
-    qk_nope_head_dim=16,
-    qk_rope_head_dim=8,
-    v_head_dim=16,
-    intermediate_size=96,
-    moe_intermediate_size=32,
     n_routed_experts=8,
     n_shared_experts=2,
     num_experts_per_tok=3,
@@ -145,11 +134,7 @@ V2_SMALL = dict(
     scoring_func="softmax",
     norm_topk_prob=False,
     routed_scaling_factor=1.0,
-    rope_theta=10000.0,
     rope_scaling=YARN_V2,
-    max_position_embeddings=256,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
 )
 
 FIXTURES = {
