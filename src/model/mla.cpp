@@ -25,22 +25,24 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   const float eps = 1e-6f;
 
   // Queries of every row: [n, H, nope + rope].
+  // The two down-projections of x, as one job: c_q (or the full queries) and c_kv.
   Buffer q = zeros(n * H * dq);
+  Buffer kv = zeros(n * width);  // [n, kv_lora + rope]
+  const int64_t ql = c.q_lora_rank.value_or(0);
+  Buffer cq = zeros(n * ql);  // [n, q_lora]
+  const ops::MatmulTask down[] = {
+      c.q_lora_rank ? ops::MatmulTask{cq.data(), ql, x, d, n, w.q_a}
+                    : ops::MatmulTask{q.data(), H * dq, x, d, n, w.q_proj},
+      {kv.data(), width, x, d, n, w.kv_a}};
+  ops.matmul_batch(down);
   if (c.q_lora_rank) {
-    const int64_t ql = *c.q_lora_rank;
-    Buffer cq = zeros(n * ql);  // [n, q_lora]
-    ops.matmul(cq.data(), ql, x, d, n, w.q_a);
     ops.rmsnorm(cq.data(), ql, cq.data(), ql, n, ql, w.q_a_norm, eps);
     ops.matmul(q.data(), H * dq, cq.data(), ql, n, w.q_b);
-  } else {
-    ops.matmul(q.data(), H * dq, x, d, n, w.q_proj);
   }
   ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(),
            ctx.rope.amplitude);
 
   // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw), into each sequence's cache.
-  Buffer kv = zeros(n * width);  // [n, kv_lora + rope]
-  ops.matmul(kv.data(), width, x, d, n, w.kv_a);
   for (const MlaSequence& s : sequences) {
     float* rows = s.cache + s.n_past * width;
     const float* src = kv.data() + s.row * width;
@@ -65,9 +67,14 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   if (form == AttentionForm::kAbsorbed) {
     // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
     Buffer q_abs = zeros(n * H * width);
+    std::vector<ops::MatmulTask> heads(static_cast<size_t>(H));
     for (int64_t h = 0; h < H; ++h) {
       const Matrix w_uk = w.kv_b.row_slice(h * (nope + dv), nope);  // [nope, kv_lora]
-      ops.matmul_t(q_abs.data() + h * width, H * width, q.data() + h * dq, H * dq, n, w_uk);
+      heads[static_cast<size_t>(h)] = {q_abs.data() + h * width, H * width, q.data() + h * dq,
+                                       H * dq, n, w_uk, /*transposed=*/true};
+    }
+    ops.matmul_batch(heads);
+    for (int64_t h = 0; h < H; ++h) {
       for (int64_t t = 0; t < n; ++t) {
         std::copy_n(q.data() + t * H * dq + h * dq + nope, rope,
                     q_abs.data() + t * H * width + h * width + lat);
@@ -88,8 +95,10 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
     }
     for (int64_t h = 0; h < H; ++h) {
       const Matrix w_uv = w.kv_b.row_slice(h * (nope + dv) + nope, dv);  // [v, kv_lora]
-      ops.matmul(o.data() + h * dv, H * dv, o_lat.data() + h * lat, H * lat, n, w_uv);
+      heads[static_cast<size_t>(h)] = {o.data() + h * dv, H * dv, o_lat.data() + h * lat, H * lat,
+                                       n, w_uv};
     }
+    ops.matmul_batch(heads);
   } else {
     for (const MlaSequence& s : sequences) {
       // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.

@@ -122,26 +122,59 @@ void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights
   for (int64_t i = 0; i < n * k; ++i)
     rows_of[static_cast<size_t>(chosen[static_cast<size_t>(i)])].push_back(i);
 
+  // Every expert in use (the shared one first) runs on its gathered rows; all their gate and up
+  // products form one job, all their down products another.
+  struct Run {
+    const FfnWeights* w;
+    int64_t first, m;  // rows [first, first + m) of the gathered inputs
+  };
+  std::vector<Run> runs;
+  int64_t total = 0;
   if (c.n_shared_experts > 0) {
-    ffn_forward(ops, w.shared, x, n, out);
+    runs.push_back({&w.shared, 0, n});
+    total = n;
+  }
+  for (int64_t ex = 0; ex < e; ++ex) {
+    const auto m = static_cast<int64_t>(rows_of[static_cast<size_t>(ex)].size());
+    if (m == 0) continue;
+    runs.push_back({&w.experts[static_cast<size_t>(ex)], total, m});
+    total += m;
+  }
+  std::vector<float> xs(static_cast<size_t>(total * d)), ys(xs.size());  // [total, d]
+  int64_t width = 0;
+  for (const Run& r : runs) width = std::max(width, r.w->gate.rows);
+  std::vector<float> gate(static_cast<size_t>(total * width)), up(gate.size());
+  if (c.n_shared_experts > 0) std::copy_n(x, n * d, xs.data());
+  for (int64_t ex = 0, row = c.n_shared_experts > 0 ? n : 0; ex < e; ++ex) {
+    for (const int64_t slot : rows_of[static_cast<size_t>(ex)])
+      std::copy_n(x + slot / k * d, d, xs.data() + row++ * d);
+  }
+  std::vector<ops::MatmulTask> tasks;
+  for (const Run& r : runs) {
+    const float* xr = xs.data() + r.first * d;
+    tasks.push_back({gate.data() + r.first * width, width, xr, d, r.m, r.w->gate});
+    tasks.push_back({up.data() + r.first * width, width, xr, d, r.m, r.w->up});
+  }
+  ops.matmul_batch(tasks);
+  tasks.clear();
+  for (const Run& r : runs) {
+    float* g = gate.data() + r.first * width;
+    ops.swiglu(g, width, g, up.data() + r.first * width, width, r.m, r.w->gate.rows);
+    tasks.push_back({ys.data() + r.first * d, d, g, width, r.m, r.w->down});
+  }
+  ops.matmul_batch(tasks);
+
+  if (c.n_shared_experts > 0) {
+    std::copy_n(ys.data(), n * d, out);
   } else {
     std::fill_n(out, n * d, 0.0f);
   }
-  std::vector<float> xs, ys;
-  for (int64_t ex = 0; ex < e; ++ex) {
-    const auto& rows = rows_of[static_cast<size_t>(ex)];
-    if (rows.empty()) continue;
-    const auto m = static_cast<int64_t>(rows.size());
-    xs.resize(static_cast<size_t>(m * d));  // [m, d] gathered inputs
-    ys.resize(xs.size());
-    for (int64_t i = 0; i < m; ++i)
-      std::copy_n(x + rows[static_cast<size_t>(i)] / k * d, d, xs.data() + i * d);
-    ffn_forward(ops, w.experts[static_cast<size_t>(ex)], xs.data(), m, ys.data());
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t slot = rows[static_cast<size_t>(i)];
+  for (int64_t ex = 0, row = c.n_shared_experts > 0 ? n : 0; ex < e; ++ex) {
+    for (const int64_t slot : rows_of[static_cast<size_t>(ex)]) {
       const float wt = weight[static_cast<size_t>(slot)];
+      const float* y = ys.data() + row++ * d;
       float* o = out + slot / k * d;
-      for (int64_t j = 0; j < d; ++j) o[j] += wt * ys[static_cast<size_t>(i * d + j)];
+      for (int64_t j = 0; j < d; ++j) o[j] += wt * y[j];
     }
   }
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "ops/matrix.h"
@@ -29,6 +30,17 @@ struct AttentionArgs {
   float scale = 1.0f;              // applied to q·k before the softmax
 };
 
+// One product of a batch: y[n, w.rows] = x · wᵀ, or y[n, w.cols] = x · w when transposed.
+struct MatmulTask {
+  float* y = nullptr;
+  int64_t ldy = 0;
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  int64_t n = 0;
+  Matrix w;
+  bool transposed = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -40,6 +52,17 @@ class Backend {
   // y[n, w.cols] = x[n, w.rows] · w   (absorbed MLA multiplies by W_UK from this side)
   virtual void matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                         const Matrix& w) const = 0;
+  // Independent products (no task reads another's output), which a backend may run as one job
+  // across its threads: decode multiplies many small matrices (heads, experts) per layer.
+  virtual void matmul_batch(std::span<const MatmulTask> tasks) const {
+    for (const MatmulTask& t : tasks) {
+      if (t.transposed) {
+        matmul_t(t.y, t.ldy, t.x, t.ldx, t.n, t.w);
+      } else {
+        matmul(t.y, t.ldy, t.x, t.ldx, t.n, t.w);
+      }
+    }
+  }
   // y = x / sqrt(mean(x²) + eps) ⊙ weight, per row of `dim`; weight is a [1, dim] matrix.
   virtual void rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
                        const Matrix& weight, float eps) const = 0;

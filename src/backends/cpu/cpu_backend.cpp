@@ -39,52 +39,104 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       dot_bf16_(dot_bf16_kernel(isa)),
       axpy_(axpy_kernel(isa)) {}
 
+namespace {
+
+// A buffer per thread that only grows: the decode path allocates nothing once warm.
+float* thread_scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// Output columns of a transposed product handed out together.
+constexpr int64_t kColumnBlock = 16;
+
+int64_t task_units(const ops::MatmulTask& t) {
+  return t.transposed ? (t.w.cols + kColumnBlock - 1) / kColumnBlock : t.w.rows;
+}
+
+// Elements of w one unit reads: the balance weight of a unit.
+int64_t unit_cost(const ops::MatmulTask& t) {
+  return std::max<int64_t>(1, t.transposed ? t.w.rows * kColumnBlock : t.w.cols);
+}
+
+}  // namespace
+
 void CpuBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                         const ops::Matrix& w) const {
-  // Each thread owns a range of weight rows: every weight byte is read once per call,
-  // whatever the number of tokens.
-  if (w.dtype == DType::kBF16) {
-    // Multiply straight from the stored bf16 row (widened in registers), which stays in L1
-    // for the next token; converting it first would cost a pass through memory per row. Used
-    // for every batch size so that a row's result never depends on the batch it is in.
-    pool_.parallel_for(
-        w.rows,
-        [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols;
-            for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot_bf16_(x + t * ldx, row, w.cols);
-          }
-        },
-        /*grain=*/16);
-    return;
-  }
-  pool_.parallel_for(
-      w.rows,
-      [&](int64_t r0, int64_t r1) {
-        std::vector<float> row(static_cast<size_t>(w.cols));
-        for (int64_t r = r0; r < r1; ++r) {
-          w.dequantize_row(r, 0, w.cols, row.data());
-          for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot_(x + t * ldx, row.data(), w.cols);
-        }
-      },
-      /*grain=*/16);
+  const ops::MatmulTask task{y, ldy, x, ldx, n, w, false};
+  matmul_batch(std::span(&task, 1));
 }
 
 void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                           const ops::Matrix& w) const {
-  // Threads split the output columns; each walks all weight rows for its columns.
-  pool_.parallel_for(
-      w.cols,
-      [&](int64_t c0, int64_t c1) {
-        std::vector<float> row(static_cast<size_t>(c1 - c0));
-        for (int64_t t = 0; t < n; ++t) std::fill(y + t * ldy + c0, y + t * ldy + c1, 0.0f);
-        for (int64_t r = 0; r < w.rows; ++r) {
-          w.dequantize_row(r, c0, c1, row.data());
-          for (int64_t t = 0; t < n; ++t)
-            axpy_(y + t * ldy + c0, row.data(), x[t * ldx + r], c1 - c0);
-        }
-      },
-      /*grain=*/64);
+  const ops::MatmulTask task{y, ldy, x, ldx, n, w, true};
+  matmul_batch(std::span(&task, 1));
+}
+
+void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) const {
+  const ops::Matrix& w = t.w;
+  if (w.dtype == DType::kBF16) {
+    // Multiply straight from the stored bf16 row (widened in registers), which stays in L1
+    // for the next token. Used for every batch size so that a row's result never depends on
+    // the batch it is in.
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols;
+      for (int64_t i = 0; i < t.n; ++i) t.y[i * t.ldy + r] = dot_bf16_(t.x + i * t.ldx, row, w.cols);
+    }
+    return;
+  }
+  float* buf = w.dtype == DType::kF32 && !w.quantized() ? nullptr : thread_scratch(w.cols);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* row = static_cast<const float*>(w.data) + r * w.cols;
+    if (buf) {
+      w.dequantize_row(r, 0, w.cols, buf);
+      row = buf;
+    }
+    for (int64_t i = 0; i < t.n; ++i) t.y[i * t.ldy + r] = dot_(t.x + i * t.ldx, row, w.cols);
+  }
+}
+
+void CpuBackend::matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const {
+  // Walks every weight row for its columns: y[:, c0:c1) = Σ_r x[:, r] · w[r, c0:c1).
+  const ops::Matrix& w = t.w;
+  float* row = thread_scratch(c1 - c0);
+  for (int64_t i = 0; i < t.n; ++i) std::fill(t.y + i * t.ldy + c0, t.y + i * t.ldy + c1, 0.0f);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    w.dequantize_row(r, c0, c1, row);
+    for (int64_t i = 0; i < t.n; ++i) axpy_(t.y + i * t.ldy + c0, row, t.x[i * t.ldx + r], c1 - c0);
+  }
+}
+
+void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
+  // Every unit of work (a weight row, or a block of output columns of a transposed product) is
+  // weighted by the elements it reads, and each thread takes an equal share of the total: one
+  // job per batch however many matrices it holds, and each weight byte read once per call.
+  int64_t total = 0;
+  for (const ops::MatmulTask& t : tasks) {
+    if (t.n > 0) total += task_units(t) * unit_cost(t);
+  }
+  if (total == 0) return;
+  constexpr int64_t kMinCostPerThread = 1 << 14;  // below this, waking a thread costs more
+  const int64_t chunks = std::clamp<int64_t>(total / kMinCostPerThread, 1, pool_.size());
+  pool_.parallel_for(chunks, [&](int64_t k0, int64_t k1) {
+    const int64_t lo = total * k0 / chunks, hi = total * k1 / chunks;
+    int64_t offset = 0;
+    for (const ops::MatmulTask& t : tasks) {
+      if (t.n <= 0) continue;
+      const int64_t units = task_units(t), cost = unit_cost(t);
+      // The units that start inside [lo, hi).
+      const int64_t u0 = std::clamp<int64_t>((lo - offset + cost - 1) / cost, 0, units);
+      const int64_t u1 = std::clamp<int64_t>((hi - offset + cost - 1) / cost, 0, units);
+      offset += units * cost;
+      if (u0 >= u1) continue;
+      if (t.transposed) {
+        matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
+      } else {
+        matmul_rows(t, u0, u1);
+      }
+    }
+  });
 }
 
 void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,

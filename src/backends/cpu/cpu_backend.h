@@ -26,6 +26,7 @@ class CpuBackend final : public ops::Backend {
               const ops::Matrix& w) const override;
   void matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                 const ops::Matrix& w) const override;
+  void matmul_batch(std::span<const ops::MatmulTask> tasks) const override;
   void rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
                const ops::Matrix& weight, float eps) const override;
   void embedding(float* y, const ops::Matrix& table, const int32_t* ids, int64_t n) const override;
@@ -36,6 +37,10 @@ class CpuBackend final : public ops::Backend {
   void attention(const ops::AttentionArgs& a) const override;
 
  private:
+  // Output columns [r0, r1) of a task (weight rows r0..r1), or of a transposed one.
+  void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) const;
+  void matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const;
+
   ThreadPool& pool_;
   Isa isa_;
   float (*dot_)(const float*, const float*, int64_t);
