@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <memory>
+#include <new>
 #include <random>
 
 #include "apps/whale/commands.h"
@@ -42,28 +44,24 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Memory read bandwidth with every thread: sums a buffer far larger than the caches.
-double measure_bandwidth_gbs(ThreadPool& pool, int reps) {
-  const size_t words = size_t{1} << 27;  // 1 GiB of u64
-  std::vector<uint64_t> buf(words, 1);
+// Memory read bandwidth with every thread: each sums its share of a buffer far larger than the
+// caches with the widest loads the machine has.
+double measure_bandwidth_gbs(ThreadPool& pool, cpu::Isa isa, int reps) {
+  const int64_t bytes = int64_t{1} << 30;
+  std::unique_ptr<uint64_t[]> buf(new (std::align_val_t{64}) uint64_t[bytes / 8]);
+  std::fill_n(buf.get(), bytes / 8, 1);
+  const int64_t slices = bytes / 4096;  // 4 KB slices keep every share 64-byte aligned
   std::vector<double> rates;
   for (int r = 0; r < reps + 1; ++r) {  // the first pass warms up page tables
     std::atomic<uint64_t> total{0};
     const auto t0 = clock_type::now();
-    pool.parallel_for(static_cast<int64_t>(words), [&](int64_t b, int64_t e) {
-      uint64_t acc[8] = {};
-      int64_t i = b;
-      for (; i + 8 <= e; i += 8) {
-        for (int j = 0; j < 8; ++j) acc[j] += buf[static_cast<size_t>(i + j)];
-      }
-      for (; i < e; ++i) acc[0] += buf[static_cast<size_t>(i)];
-      uint64_t s = 0;
-      for (uint64_t a : acc) s += a;
-      total += s;
+    pool.parallel_for(slices, [&](int64_t b, int64_t e) {
+      total += cpu::read_bytes_loop(isa, reinterpret_cast<const char*>(buf.get()) + b * 4096,
+                                    (e - b) * 4096);
     });
     const double t = seconds_since(t0);
-    if (total.load() != words) std::fprintf(stderr, "bandwidth check failed\n");
-    if (r > 0) rates.push_back(double(words) * 8 / t / 1e9);
+    if (total.load() != uint64_t(bytes / 8)) std::fprintf(stderr, "bandwidth check failed\n");
+    if (r > 0) rates.push_back(double(bytes) / t / 1e9);
   }
   return median(rates);
 }
@@ -119,7 +117,7 @@ int run_bench(const BenchArgs& args) {
   }
   const DType main_dtype = m->model->weights().layers[0].attn.kv_a.dtype;
 
-  const double bandwidth = measure_bandwidth_gbs(*m->pool, args.reps);
+  const double bandwidth = measure_bandwidth_gbs(*m->pool, m->backend->isa(), args.reps);
   const double peak = measure_fma_peak_gflops(*m->pool, m->backend->isa(), args.reps);
 
   std::mt19937 rng(42);

@@ -36,7 +36,7 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
     : pool_(pool),
       isa_(isa),
       dot_(dot_kernel(isa)),
-      dot_bf16_(dot_bf16_kernel(isa)),
+      bf16_(bf16_rows_kernel(isa)),
       axpy_(axpy_kernel(isa)) {}
 
 namespace {
@@ -77,12 +77,22 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
 void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) const {
   const ops::Matrix& w = t.w;
   if (w.dtype == DType::kBF16) {
-    // Multiply straight from the stored bf16 row (widened in registers), which stays in L1
-    // for the next token. Used for every batch size so that a row's result never depends on
-    // the batch it is in.
-    for (int64_t r = r0; r < r1; ++r) {
+    // Multiplied straight from the stored bf16 rows (widened in registers), four rows at a
+    // time, each staying in L1 for the next token. Used for every batch size, and a row's sums
+    // do not depend on the rows beside it, so a row's result never depends on its batch.
+    thread_local std::vector<float> prepared;
+    if (prepared.size() < static_cast<size_t>(t.n * w.cols))
+      prepared.resize(static_cast<size_t>(t.n * w.cols));
+    for (int64_t i = 0; i < t.n; ++i)
+      bf16_.prepare(t.x + i * t.ldx, w.cols, prepared.data() + i * w.cols);
+    for (int64_t r = r0; r < r1; r += 4) {
+      const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
       const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols;
-      for (int64_t i = 0; i < t.n; ++i) t.y[i * t.ldy + r] = dot_bf16_(t.x + i * t.ldx, row, w.cols);
+      float sums[4];
+      for (int64_t i = 0; i < t.n; ++i) {
+        bf16_.dot_rows(prepared.data() + i * w.cols, row, w.cols, rows, w.cols, sums);
+        std::copy_n(sums, rows, t.y + i * t.ldy + r);
+      }
     }
     return;
   }

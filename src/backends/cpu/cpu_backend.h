@@ -4,17 +4,12 @@
 
 #include <vector>
 
+#include "backends/cpu/isa.h"
+#include "backends/cpu/vector_kernels.h"
 #include "core/thread_pool.h"
 #include "ops/backend.h"
 
 namespace whale::cpu {
-
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-std::string_view isa_name(Isa isa);
-// Instruction sets this machine can run, portable first.
-std::vector<Isa> supported_isas();
-Isa best_isa();
 
 class CpuBackend final : public ops::Backend {
  public:
@@ -44,7 +39,7 @@ class CpuBackend final : public ops::Backend {
   ThreadPool& pool_;
   Isa isa_;
   float (*dot_)(const float*, const float*, int64_t);
-  float (*dot_bf16_)(const float*, const uint16_t*, int64_t);
+  Bf16RowsKernel bf16_;
   void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
 };
 

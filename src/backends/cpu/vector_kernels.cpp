@@ -1,6 +1,14 @@
 #include "backends/cpu/vector_kernels.h"
 
+#include <algorithm>
 #include <bit>
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 reduction intrinsics start from an undefined vector and trip these.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
 
 namespace whale::cpu {
 namespace {
@@ -19,22 +27,6 @@ namespace {
     return s;                                                     \
   }
 
-// bf16 is the top half of an f32: widen by a 16-bit shift (vectorises to shifts, no lookups).
-#define WHALE_DOT_BF16_BODY                                                    \
-  {                                                                            \
-    float acc[32] = {};                                                        \
-    int64_t i = 0;                                                             \
-    for (; i + 32 <= n; i += 32) {                                             \
-      for (int j = 0; j < 32; ++j) {                                           \
-        acc[j] += a[i + j] * std::bit_cast<float>(uint32_t{b[i + j]} << 16);   \
-      }                                                                        \
-    }                                                                          \
-    float s = 0;                                                               \
-    for (int j = 0; j < 32; ++j) s += acc[j];                                  \
-    for (; i < n; ++i) s += a[i] * std::bit_cast<float>(uint32_t{b[i]} << 16); \
-    return s;                                                                  \
-  }
-
 #define WHALE_AXPY_BODY                                   \
   {                                                       \
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i]; \
@@ -42,20 +34,15 @@ namespace {
 
 // clang-format off
 float dot_portable(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
-float dot_bf16_portable(const float* a, const uint16_t* b, int64_t n) WHALE_DOT_BF16_BODY
 void axpy_portable(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma")))
 float dot_avx2(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
 __attribute__((target("avx2,fma")))
-float dot_bf16_avx2(const float* a, const uint16_t* b, int64_t n) WHALE_DOT_BF16_BODY
-__attribute__((target("avx2,fma")))
 void axpy_avx2(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
 __attribute__((target("avx512f,fma")))
 float dot_avx512(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
-__attribute__((target("avx512f,fma")))
-float dot_bf16_avx512(const float* a, const uint16_t* b, int64_t n) WHALE_DOT_BF16_BODY
 __attribute__((target("avx512f,fma")))
 void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
 #endif
@@ -81,6 +68,148 @@ void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BO
     __attribute__((target("avx512f,fma"))) float fma_avx512(int64_t iters) WHALE_FMA_BODY
 #endif
 
+
+// ---- bf16 rows -------------------------------------------------------------------------------
+
+// Elements ahead of the current position that the bf16 kernels prefetch (8 KB): measured on
+// a 2-core Sapphire Rapids, no prefetch streams at ~19 GB/s, this distance at ~25 of ~27.
+constexpr int64_t kBf16Prefetch = 4096;
+
+inline float bf16_value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
+
+void prepare_bf16_portable(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
+
+void dot_bf16_rows_portable(const float* xp, const uint16_t* w, int64_t ld, int rows, int64_t n,
+                            float* out) {
+  for (int r = 0; r < rows; ++r) {
+    const uint16_t* b = w + r * ld;
+    float acc[16] = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      for (int j = 0; j < 16; ++j) acc[j] += xp[i + j] * bf16_value(b[i + j]);
+    }
+    float s = 0;
+    for (int j = 0; j < 16; ++j) s += acc[j];
+    for (; i < n; ++i) s += xp[i] * bf16_value(b[i]);
+    out[r] = s;
+  }
+}
+
+// In blocks of 2·L elements (L lanes): the even elements first, then the odd ones, which is
+// where a 32-bit lane of bf16 pairs puts them (the low half is the even element).
+template <int L>
+void prepare_pairs(const float* x, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    for (int j = 0; j < L; ++j) {
+      out[i + j] = x[i + 2 * j];
+      out[i + L + j] = x[i + 2 * j + 1];
+    }
+  }
+  std::copy(x + i, x + n, out + i);
+}
+
+#if defined(__x86_64__)
+void prepare_bf16_avx512(const float* x, int64_t n, float* out) { prepare_pairs<16>(x, n, out); }
+void prepare_bf16_avx2(const float* x, int64_t n, float* out) { prepare_pairs<8>(x, n, out); }
+
+template <int R>
+__attribute__((target("avx512f,fma"))) void bf16_rows_avx512(const float* xp, const uint16_t* w,
+                                                             int64_t ld, int64_t n, float* out) {
+  __m512 even[R], odd[R];
+  for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 xe = _mm512_loadu_ps(xp + i), xo = _mm512_loadu_ps(xp + i + 16);
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * ld + i + kBf16Prefetch), _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(w + r * ld + i);
+      even[r] = _mm512_fmadd_ps(xe, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), even[r]);
+      odd[r] = _mm512_fmadd_ps(xo, _mm512_castsi512_ps(_mm512_and_si512(v, high)), odd[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r]));
+    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_value(w[r * ld + j]);
+    out[r] = s;
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void bf16_rows_avx2(const float* xp, const uint16_t* w,
+                                                        int64_t ld, int64_t n, float* out) {
+  __m256 even[R], odd[R];
+  for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm256_setzero_ps();
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 xe = _mm256_loadu_ps(xp + i), xo = _mm256_loadu_ps(xp + i + 8);
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * ld + i + kBf16Prefetch), _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ld + i));
+      even[r] = _mm256_fmadd_ps(xe, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), even[r]);
+      odd[r] = _mm256_fmadd_ps(xo, _mm256_castsi256_ps(_mm256_and_si256(v, high)), odd[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 sum = _mm256_add_ps(even[r], odd[r]);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    float s = _mm_cvtss_f32(q);
+    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_value(w[r * ld + j]);
+    out[r] = s;
+  }
+}
+
+#define WHALE_BF16_ROWS_DISPATCH(kernel)                                                       \
+  void dot_bf16_rows_##kernel(const float* xp, const uint16_t* w, int64_t ld, int rows,        \
+                              int64_t n, float* out) {                                         \
+    switch (rows) {                                                                            \
+      case 4:                                                                                  \
+        return bf16_rows_##kernel<4>(xp, w, ld, n, out);                                       \
+      case 3:                                                                                  \
+        return bf16_rows_##kernel<3>(xp, w, ld, n, out);                                       \
+      case 2:                                                                                  \
+        return bf16_rows_##kernel<2>(xp, w, ld, n, out);                                       \
+      default:                                                                                 \
+        return bf16_rows_##kernel<1>(xp, w, ld, n, out);                                       \
+    }                                                                                          \
+  }
+WHALE_BF16_ROWS_DISPATCH(avx512)
+WHALE_BF16_ROWS_DISPATCH(avx2)
+#undef WHALE_BF16_ROWS_DISPATCH
+
+__attribute__((target("avx512f"))) uint64_t read_avx512(const void* p, int64_t n) {
+  const auto* b = static_cast<const char*>(p);
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i + 256 <= n; i += 256) {
+    a0 = _mm512_add_epi64(a0, _mm512_load_si512(b + i));
+    a1 = _mm512_add_epi64(a1, _mm512_load_si512(b + i + 64));
+    a2 = _mm512_add_epi64(a2, _mm512_load_si512(b + i + 128));
+    a3 = _mm512_add_epi64(a3, _mm512_load_si512(b + i + 192));
+  }
+  return static_cast<uint64_t>(
+      _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3))));
+}
+
+__attribute__((target("avx2"))) uint64_t read_avx2(const void* p, int64_t n) {
+  const auto* b = static_cast<const char*>(p);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i + 128 <= n; i += 128) {
+    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(b + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(b + i + 32)));
+    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(b + i + 64)));
+    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(b + i + 96)));
+  }
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                     _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
 }  // namespace
 
 float fma_throughput_loop(Isa isa, int64_t iters) {
@@ -91,12 +220,27 @@ float fma_throughput_loop(Isa isa, int64_t iters) {
   return fma_portable(iters);
 }
 
-DotBf16Fn dot_bf16_kernel(Isa isa) {
+Bf16RowsKernel bf16_rows_kernel(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return dot_bf16_avx512;
-  if (isa == Isa::kAvx2) return dot_bf16_avx2;
+  if (isa == Isa::kAvx512) return {prepare_bf16_avx512, dot_bf16_rows_avx512};
+  if (isa == Isa::kAvx2) return {prepare_bf16_avx2, dot_bf16_rows_avx2};
 #endif
-  return dot_bf16_portable;
+  return {prepare_bf16_portable, dot_bf16_rows_portable};
+}
+
+uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512) return read_avx512(p, n);
+  if (isa == Isa::kAvx2) return read_avx2(p, n);
+#endif
+  uint64_t acc[8] = {};
+  const auto* w = static_cast<const uint64_t*>(p);
+  for (int64_t i = 0; i < n / 8; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += w[i + j];
+  }
+  uint64_t s = 0;
+  for (uint64_t a : acc) s += a;
+  return s;
 }
 
 DotFn dot_kernel(Isa isa) {

@@ -3,17 +3,30 @@
 
 #include <cstdint>
 
-#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/isa.h"
 
 namespace whale::cpu {
 
 using DotFn = float (*)(const float*, const float*, int64_t);
-// Σ x[i]·bf16(w[i]): bf16 widened in registers, no converted copy of the row.
-using DotBf16Fn = float (*)(const float*, const uint16_t*, int64_t);
 using AxpyFn = void (*)(float*, const float*, float, int64_t);
 
 DotFn dot_kernel(Isa isa);
-DotBf16Fn dot_bf16_kernel(Isa isa);
+
+// Up to four bf16 matrix rows times one f32 vector. The vector is first put in the kernel's
+// order (prepare, once per product and token), so that the inner loop widens bf16 with a single
+// shift or mask and needs no shuffles; rows are read once, with software prefetch ahead of the
+// stream, which the hardware prefetcher alone does not keep full.
+struct Bf16RowsKernel {
+  // out[0, n) = x[0, n) in kernel order.
+  void (*prepare)(const float* x, int64_t n, float* out);
+  // out[r] = Σ_i x[i]·w[r·ld + i] for r < rows (1..4); xp as prepared.
+  void (*dot_rows)(const float* xp, const uint16_t* w, int64_t ld, int rows, int64_t n, float* out);
+};
+Bf16RowsKernel bf16_rows_kernel(Isa isa);
+
+// Reads n bytes (a multiple of 64, 64-byte aligned) and returns a value that depends on all of
+// them: the memory read bandwidth probe of `whale bench`.
+uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n);
 
 // Runs `iters` rounds of 256 independent f32 multiply-adds in registers and returns a value
 // that depends on them (so they are not optimised away): 512·iters FLOPs of pure FMA
