@@ -4,6 +4,7 @@
 #include <random>
 
 #include "backends/cpu/cpu_backend.h"
+#include "ops/quant.h"
 #include "ops/ref/ref_backend.h"
 
 namespace whale {
@@ -67,6 +68,38 @@ StoredMatrix make_matrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed,
   return s;
 }
 
+// A random matrix in one of whale's block formats, quantized from normal values.
+StoredMatrix make_block_matrix(ops::WeightFormat format, int64_t rows, int64_t cols,
+                               uint32_t seed) {
+  StoredMatrix s;
+  const std::vector<float> v = random_vector(static_cast<size_t>(rows * cols), seed, 0.5f);
+  const int64_t row_bytes = format == ops::WeightFormat::kQ4 ? cols / 2 : cols;
+  const int64_t blocks = cols / ops::kQuantBlock;
+  s.bytes.resize(static_cast<size_t>(rows * row_bytes));
+  s.scales.resize(static_cast<size_t>(rows * blocks));  // f16 codes kept in f32-sized slots
+  auto* halves = reinterpret_cast<uint16_t*>(s.scales.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = v.data() + r * cols;
+    if (format == ops::WeightFormat::kQ4) {
+      ops::quantize_row_q4(row, cols, s.bytes.data() + r * row_bytes, halves + r * blocks);
+    } else {
+      ops::quantize_row_q8(row, cols, reinterpret_cast<int8_t*>(s.bytes.data() + r * row_bytes),
+                           halves + r * blocks);
+    }
+  }
+  s.m.format = format;
+  s.m.dtype = format == ops::WeightFormat::kQ4 ? DType::kU8 : DType::kI8;
+  s.m.data = s.bytes.data();
+  s.m.rows = rows;
+  s.m.cols = cols;
+  s.m.scale = halves;
+  s.m.scale_dtype = DType::kF16;
+  s.m.scale_cols = blocks;
+  s.m.block_rows = 1;
+  s.m.block_cols = ops::kQuantBlock;
+  return s;
+}
+
 void expect_close(const std::vector<float>& a, const std::vector<float>& b, float tol) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
@@ -101,6 +134,62 @@ TEST_P(CpuOps, MatmulEveryDtypeAndSlices) {
       expect_close(z_cpu, z_ref, 1e-5f);
     }
   }
+}
+
+// Widths that reach every vector body and tail: bf16 runs in 32-column steps, the block formats
+// in groups of 128 columns with single 32-column blocks after them.
+TEST_P(CpuOps, MatmulWideShapesEveryFormat) {
+  for (const int64_t cols : {32, 64, 96, 128, 160, 384, 1056}) {
+    for (const int64_t rows : {1, 6, 9}) {
+      const int64_t n = 3;
+      const auto x = random_vector(static_cast<size_t>(n * cols), uint32_t(cols + rows));
+      for (int f = 0; f < 3; ++f) {
+        StoredMatrix w = f == 0   ? make_matrix(DType::kBF16, rows, cols, 21)
+                         : f == 1 ? make_block_matrix(ops::WeightFormat::kQ8, rows, cols, 22)
+                                  : make_block_matrix(ops::WeightFormat::kQ4, rows, cols, 23);
+        SCOPED_TRACE("format " + std::to_string(f) + " rows " + std::to_string(rows) + " cols " +
+                     std::to_string(cols));
+        for (const auto& [begin, count] :
+             {std::pair<int64_t, int64_t>{0, rows}, {rows / 2, rows - rows / 2}}) {
+          const Matrix view = w.m.row_slice(begin, count);
+          std::vector<float> y_cpu(static_cast<size_t>(n * count)), y_ref(y_cpu.size());
+          cpu_.matmul(y_cpu.data(), count, x.data(), cols, n, view);
+          ref_.matmul(y_ref.data(), count, x.data(), cols, n, view);
+          expect_close(y_cpu, y_ref, 2e-5f);
+        }
+        std::vector<float> xt = random_vector(static_cast<size_t>(n * rows), 4);
+        std::vector<float> z_cpu(static_cast<size_t>(n * cols)), z_ref(z_cpu.size());
+        cpu_.matmul_t(z_cpu.data(), cols, xt.data(), rows, n, w.m);
+        ref_.matmul_t(z_ref.data(), cols, xt.data(), rows, n, w.m);
+        expect_close(z_cpu, z_ref, 1e-5f);
+      }
+    }
+  }
+}
+
+// A batch of products gives each product exactly what it gives alone, whatever its neighbours.
+TEST_P(CpuOps, MatmulBatchEqualsSeparateProducts) {
+  StoredMatrix a = make_matrix(DType::kBF16, 40, 96, 31);
+  StoredMatrix b = make_block_matrix(ops::WeightFormat::kQ4, 33, 256, 32);
+  StoredMatrix c = make_block_matrix(ops::WeightFormat::kQ8, 7, 128, 33);
+  StoredMatrix d = make_matrix(DType::kF8E4M3, 20, 24, 34);
+  const auto xa = random_vector(2 * 96, 1), xb = random_vector(3 * 256, 2),
+             xc = random_vector(1 * 128, 3), xd = random_vector(2 * 20, 4);
+  std::vector<float> ya(2 * 40), yb(3 * 33), yc(7), yd(2 * 24);
+  const ops::MatmulTask tasks[] = {{ya.data(), 40, xa.data(), 96, 2, a.m},
+                                   {yb.data(), 33, xb.data(), 256, 3, b.m},
+                                   {yc.data(), 7, xc.data(), 128, 1, c.m},
+                                   {yd.data(), 24, xd.data(), 20, 2, d.m, /*transposed=*/true}};
+  cpu_.matmul_batch(tasks);
+  std::vector<float> za(ya.size()), zb(yb.size()), zc(yc.size()), zd(yd.size());
+  cpu_.matmul(za.data(), 40, xa.data(), 96, 2, a.m);
+  cpu_.matmul(zb.data(), 33, xb.data(), 256, 3, b.m);
+  cpu_.matmul(zc.data(), 7, xc.data(), 128, 1, c.m);
+  cpu_.matmul_t(zd.data(), 24, xd.data(), 20, 2, d.m);
+  EXPECT_EQ(ya, za);
+  EXPECT_EQ(yb, zb);
+  EXPECT_EQ(yc, zc);
+  EXPECT_EQ(yd, zd);
 }
 
 TEST_P(CpuOps, MatmulHonoursStrides) {
@@ -190,6 +279,63 @@ TEST(Matrix, Fp8BlockScalesApplyPerBlock) {
   EXPECT_EQ(row[0], 4.0f);
   EXPECT_EQ(row[1], 5.0f);
   EXPECT_EQ(row[3], 6.0f);
+}
+
+}  // namespace
+}  // namespace whale
+
+namespace whale {
+namespace {
+
+// Quantizing a row keeps every value within half a step of its block's scale, and a zero block
+// gets scale 0; the codes read back through Matrix are the ones written.
+TEST(BlockFormats, QuantizeRowsRoundTrip) {
+  for (const auto format : {ops::WeightFormat::kQ8, ops::WeightFormat::kQ4}) {
+    const int64_t cols = 96;
+    std::vector<float> v = random_vector(static_cast<size_t>(cols), 5, 0.3f);
+    std::fill_n(v.begin() + 32, 32, 0.0f);  // block 1 is all zero
+    v[70] = 4.0f;                            // an outlier in block 2
+    const StoredMatrix m = [&] {
+      StoredMatrix out = make_block_matrix(format, 1, cols, 1);  // for its shape
+      auto* halves = reinterpret_cast<uint16_t*>(out.scales.data());
+      if (format == ops::WeightFormat::kQ4) {
+        ops::quantize_row_q4(v.data(), cols, out.bytes.data(), halves);
+      } else {
+        ops::quantize_row_q8(v.data(), cols, reinterpret_cast<int8_t*>(out.bytes.data()), halves);
+      }
+      return out;
+    }();
+    const double levels = format == ops::WeightFormat::kQ4 ? 7.0 : 127.0;
+    double err2 = 0, sig2 = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float scale = ops::block_scale(m.m, 0, c / ops::kQuantBlock);
+      const float back = m.m.at(0, c);
+      EXPECT_FLOAT_EQ(back, scale * static_cast<float>(ops::weight_code(m.m, 0, c)));
+      if (c / ops::kQuantBlock == 1) {
+        EXPECT_EQ(scale, 0.0f);
+        EXPECT_EQ(back, 0.0f);
+      }
+      err2 += (back - v[static_cast<size_t>(c)]) * (back - v[static_cast<size_t>(c)]);
+      sig2 += double(v[static_cast<size_t>(c)]) * v[static_cast<size_t>(c)];
+    }
+    // Uniform rounding error of a step amax/levels is about amax/levels/√12 per value.
+    EXPECT_LT(std::sqrt(err2 / sig2), (format == ops::WeightFormat::kQ4 ? 0.5 : 0.05))
+        << "levels " << levels;
+    EXPECT_NEAR(m.m.at(0, 70), 4.0f, 4.0f / levels);  // the outlier itself survives
+  }
+}
+
+TEST(BlockFormats, ActivationBlocksRoundToInt8) {
+  std::vector<float> x = random_vector(32, 9);
+  x[3] = -5.0f;
+  int8_t q[32];
+  const float scale = ops::quantize_activation_block(x.data(), q);
+  EXPECT_FLOAT_EQ(scale, 5.0f / 127.0f);
+  EXPECT_EQ(q[3], -127);
+  for (int i = 0; i < 32; ++i) EXPECT_NEAR(q[i] * scale, x[static_cast<size_t>(i)], scale / 2 + 1e-6f);
+  const std::vector<float> zeros(32, 0.0f);
+  EXPECT_EQ(ops::quantize_activation_block(zeros.data(), q), 0.0f);
+  EXPECT_EQ(q[0], 0);
 }
 
 }  // namespace

@@ -96,6 +96,49 @@ bool dtype_accepted(TensorKind kind, DType t) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Binds a tensor in one of whale's block formats (ops::WeightFormat): I8 codes of the logical
+// shape, or U8 with two 4-bit codes per byte, each with `<name>_scale`, F16 [rows, cols / 32].
+// Returns the problem, if any.
+std::optional<std::string> bind_block_quantized(const TensorSpec& s, const TensorView& v,
+                                                const Checkpoint& ckpt) {
+  using ops::kQuantBlock;
+  const bool q4 = v.dtype == DType::kU8;
+  const std::string what = q4 ? "U8 (4-bit)" : "I8";
+  if (s.shape.size() != 2 || (s.kind != TensorKind::kLinear && s.kind != TensorKind::kTable)) {
+    return s.checkpoint + ": " + what + " is only supported for weight matrices";
+  }
+  const int64_t rows = s.shape[0], cols = s.shape[1];
+  if (cols % kQuantBlock != 0) {
+    return s.checkpoint + ": " + what + " needs columns in blocks of 32, config.json implies " +
+           std::to_string(cols);
+  }
+  const std::vector<int64_t> stored = {rows, q4 ? cols / 2 : cols};
+  if (v.shape != stored) {
+    return s.checkpoint + ": " + what + " shape " + shape_to_string(v.shape) + ", expected " +
+           shape_to_string(stored) + " for " + shape_to_string(s.shape);
+  }
+  const std::string scale_name = s.checkpoint + "_scale";
+  const StoredTensor* st = ckpt.find(scale_name);
+  const std::vector<int64_t> scale_shape = {rows, cols / kQuantBlock};
+  if (!st) return scale_name + ": missing (needed by the " + what + " weight)";
+  if (st->view.dtype != DType::kF16 || st->view.shape != scale_shape) {
+    return scale_name + ": expected F16 of shape " + shape_to_string(scale_shape) + ", found " +
+           std::string(dtype_name(st->view.dtype)) + " " + shape_to_string(st->view.shape);
+  }
+  Matrix& m = *s.dest;
+  m.format = q4 ? ops::WeightFormat::kQ4 : ops::WeightFormat::kQ8;
+  m.dtype = v.dtype;
+  m.data = v.data;
+  m.rows = rows;
+  m.cols = cols;
+  m.scale = st->view.data;
+  m.scale_dtype = DType::kF16;
+  m.scale_cols = scale_shape[1];
+  m.block_rows = 1;
+  m.block_cols = kQuantBlock;
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::vector<TensorSpec> tensor_table(const ModelConfig& c, ModelWeights* w) {
@@ -154,6 +197,10 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     }
     if (s.group == TensorGroup::kMtp) ++mtp_found;
     const TensorView& v = t->view;
+    if (v.dtype == DType::kI8 || v.dtype == DType::kU8) {
+      if (std::optional<std::string> p = bind_block_quantized(s, v, ckpt)) problems.push_back(*p);
+      continue;
+    }
     if (v.shape != s.shape) {
       problems.push_back(s.checkpoint + ": shape " + shape_to_string(v.shape) +
                          ", config.json implies " + shape_to_string(s.shape));

@@ -4,12 +4,14 @@
 #include <cassert>
 #include <cstring>
 
+#include "ops/quant.h"
+
 namespace whale::ops {
 
 Matrix Matrix::row_slice(int64_t begin, int64_t count) const {
   assert(begin >= 0 && count >= 0 && begin + count <= rows);
   Matrix m = *this;
-  m.data = static_cast<const uint8_t*>(data) + begin * cols * dtype_size(dtype);
+  m.data = static_cast<const uint8_t*>(data) + begin * row_bytes();
   m.rows = count;
   m.row_offset = row_offset + begin;
   return m;
@@ -18,6 +20,11 @@ Matrix Matrix::row_slice(int64_t begin, int64_t count) const {
 float block_scale(const Matrix& m, int64_t br, int64_t bc) {
   const int64_t i = br * m.scale_cols + bc;
   if (m.scale_dtype == DType::kE8M0) return e8m0_to_f32(static_cast<const uint8_t*>(m.scale)[i]);
+  if (m.scale_dtype == DType::kF16) {
+    uint16_t h;
+    std::memcpy(&h, static_cast<const uint8_t*>(m.scale) + i * 2, 2);
+    return f16_to_f32(h);
+  }
   float s;  // memcpy: a file may place tensors at any byte offset
   std::memcpy(&s, static_cast<const uint8_t*>(m.scale) + i * 4, 4);
   return s;
@@ -57,6 +64,15 @@ void convert_to_f32(DType dtype, const void* src, int64_t n, float* out) {
 }
 
 void Matrix::dequantize_row(int64_t r, int64_t c0, int64_t c1, float* out) const {
+  if (format != WeightFormat::kDense) {
+    const int64_t br = row_offset + r;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t block = c / kQuantBlock;
+      const int q = weight_code(*this, r, c);
+      out[c - c0] = static_cast<float>(q) * block_scale(*this, br, block);
+    }
+    return;
+  }
   const auto* row = static_cast<const uint8_t*>(data) + (r * cols + c0) * dtype_size(dtype);
   convert_to_f32(dtype, row, c1 - c0, out);
   if (!quantized()) return;
@@ -72,6 +88,10 @@ void Matrix::dequantize_row(int64_t r, int64_t c0, int64_t c1, float* out) const
 
 float Matrix::at(int64_t r, int64_t c) const {
   float v;
+  if (format != WeightFormat::kDense) {
+    dequantize_row(r, c, c + 1, &v);
+    return v;
+  }
   const auto* p = static_cast<const uint8_t*>(data) + (r * cols + c) * dtype_size(dtype);
   convert_to_f32(dtype, p, 1, &v);
   if (quantized()) v *= block_scale(*this, (row_offset + r) / block_rows, c / block_cols);

@@ -1,5 +1,6 @@
-// A weight matrix as stored in a checkpoint, viewed in place: bf16, f16, f32, or fp8 e4m3 with
-// one scale per block (DeepSeek's `weight_scale_inv`, a multiplier despite the name).
+// A weight matrix as stored in a checkpoint, viewed in place: bf16, f16, f32, fp8 e4m3 with
+// one scale per block (DeepSeek's `weight_scale_inv`, a multiplier despite the name), or one of
+// whale's block formats (see WeightFormat).
 #pragma once
 
 #include <cstdint>
@@ -8,13 +9,23 @@
 
 namespace whale::ops {
 
+// whale's block-quantized formats: each row is cut into blocks of 32 columns, each block with an
+// f16 scale ([rows, cols / 32], `<name>_scale` in the checkpoint).
+//   kQ8: int8 codes q, value = scale · q (q in -127..127).
+//   kQ4: 4-bit codes q in 0..15, value = scale · (q - 8), two per byte, 16 bytes per block:
+//        byte i of a block holds column i in its low nibble and column i + 16 in its high one.
+enum class WeightFormat : uint8_t { kDense, kQ8, kQ4 };
+constexpr int64_t kQuantBlock = 32;
+
 struct Matrix {
-  DType dtype = DType::kF32;
+  WeightFormat format = WeightFormat::kDense;
+  DType dtype = DType::kF32;  // kI8 for kQ8, kU8 for kQ4
   const void* data = nullptr;  // row 0 of this view, rows of `cols` elements, contiguous
   int64_t rows = 0;
   int64_t cols = 0;
 
-  // FP8 block scales, [ceil(stored_rows / block_rows), scale_cols], f32 or e8m0.
+  // Block scales, [ceil(stored_rows / block_rows), scale_cols]: f32 or e8m0 for fp8, f16 for
+  // whale's formats (block_rows 1, block_cols 32).
   const void* scale = nullptr;
   DType scale_dtype = DType::kF32;
   int64_t scale_cols = 0;
@@ -29,8 +40,11 @@ struct Matrix {
   float at(int64_t r, int64_t c) const;
   // Writes columns [c0, c1) of row r as f32 into out[0, c1 - c0).
   void dequantize_row(int64_t r, int64_t c0, int64_t c1, float* out) const;
-  // Bytes the stored elements of this view take (scales excluded).
-  int64_t nbytes() const { return rows * cols * dtype_size(dtype); }
+  // Bytes one stored row takes, and the stored elements of this view (scales excluded).
+  int64_t row_bytes() const {
+    return format == WeightFormat::kQ4 ? cols / 2 : cols * dtype_size(dtype);
+  }
+  int64_t nbytes() const { return rows * row_bytes(); }
 };
 
 // Scale multiplier of block (br, bc).

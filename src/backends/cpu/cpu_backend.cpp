@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backends/cpu/quant_kernels.h"
 #include "backends/cpu/vector_kernels.h"
 
 namespace whale::cpu {
@@ -91,6 +92,26 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) c
       float sums[4];
       for (int64_t i = 0; i < t.n; ++i) {
         bf16_.dot_rows(prepared.data() + i * w.cols, row, w.cols, rows, w.cols, sums);
+        std::copy_n(sums, rows, t.y + i * t.ldy + r);
+      }
+    }
+    return;
+  }
+  if (w.format != ops::WeightFormat::kDense) {
+    // Each token's activations are rounded to int8 blocks once, then multiplied with four rows
+    // of codes at a time.
+    const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
+    const int64_t stride = prepared_layout(w.cols).bytes;
+    thread_local std::vector<uint8_t> prepared;
+    if (prepared.size() < static_cast<size_t>(t.n * stride))
+      prepared.resize(static_cast<size_t>(t.n * stride));
+    for (int64_t i = 0; i < t.n; ++i)
+      prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride);
+    for (int64_t r = r0; r < r1; r += 4) {
+      const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
+      float sums[4];
+      for (int64_t i = 0; i < t.n; ++i) {
+        rows_kernel(prepared.data() + i * stride, w, r, rows, sums);
         std::copy_n(sums, rows, t.y + i * t.ldy + r);
       }
     }

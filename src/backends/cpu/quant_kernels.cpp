@@ -1,0 +1,338 @@
+#include "backends/cpu/quant_kernels.h"
+
+#include <cstring>
+
+#include "ops/quant.h"
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 reduction intrinsics start from an undefined vector and trip these.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
+
+namespace whale::cpu {
+namespace {
+
+using ops::kQuantBlock;
+using ops::Matrix;
+using ops::WeightFormat;
+
+// Columns in a group: four blocks, the unit of the wide kernels (64 bytes of 4-bit codes).
+constexpr int64_t kGroup = 4 * kQuantBlock;
+constexpr int64_t kHalf = kQuantBlock / 2;
+// Bytes ahead of the current position that the kernels prefetch (see kBf16Prefetch).
+constexpr int64_t kPrefetch = 4096;
+
+int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+struct Prepared {
+  const int8_t* codes;
+  const float* scales;
+  const int32_t* sums;
+  const int32_t* zero;
+};
+
+Prepared view(const uint8_t* xp, int64_t k) {
+  const PreparedLayout l = prepared_layout(k);
+  return {reinterpret_cast<const int8_t*>(xp + l.codes),
+          reinterpret_cast<const float*>(xp + l.scales),
+          reinterpret_cast<const int32_t*>(xp + l.sums),
+          reinterpret_cast<const int32_t*>(xp + l.zero)};
+}
+
+inline float scale_at(const Matrix& w, int64_t r, int64_t b) {
+  uint16_t h;
+  std::memcpy(&h, static_cast<const uint8_t*>(w.scale) + ((w.row_offset + r) * w.scale_cols + b) * 2,
+              2);
+  return f16_to_f32(h);
+}
+
+inline const uint8_t* row_data(const Matrix& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes();
+}
+
+// Σ over blocks [b0, b1) of row r, in block order: blocks outside full groups are in natural
+// order in both the codes and the activations. `grouped` says whether full groups of kQ4 are in
+// the kernel order.
+float q8_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64_t b1) {
+  const auto* q = reinterpret_cast<const int8_t*>(row_data(w, r));
+  float acc = 0;
+  for (int64_t b = b0; b < b1; ++b) {
+    int32_t dot = 0;
+    for (int64_t i = b * kQuantBlock; i < (b + 1) * kQuantBlock; ++i) dot += q[i] * x.codes[i];
+    acc += scale_at(w, r, b) * x.scales[b] * static_cast<float>(dot);
+  }
+  return acc;
+}
+
+float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64_t b1) {
+  const uint8_t* p = row_data(w, r);
+  const int64_t full_groups = w.cols / kGroup;
+  float acc = 0;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* bytes = p + b * kHalf;
+    // Where the activations of this block's low and high halves are.
+    const int8_t *lo, *hi;
+    if (b / 4 < full_groups) {
+      const int64_t g = b / 4, j = b % 4;
+      lo = x.codes + g * kGroup + j * kHalf;
+      hi = lo + 2 * kQuantBlock;
+    } else {
+      lo = x.codes + b * kQuantBlock;
+      hi = lo + kHalf;
+    }
+    int32_t dot = 0;
+    for (int64_t i = 0; i < kHalf; ++i) dot += (bytes[i] & 0xF) * lo[i] + (bytes[i] >> 4) * hi[i];
+    dot -= 8 * x.sums[b];
+    acc += scale_at(w, r, b) * x.scales[b] * static_cast<float>(dot);
+  }
+  return acc;
+}
+
+void q8_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {
+  const Prepared x = view(xp, w.cols);
+  for (int i = 0; i < rows; ++i) out[i] = q8_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+}
+
+void q4_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {
+  const Prepared x = view(xp, w.cols);
+  for (int i = 0; i < rows; ++i) out[i] = q4_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+}
+
+#if defined(__x86_64__)
+
+#define WHALE_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"
+
+// Per group of 128 columns and row: 64 bytes of nibbles, unpacked into the low nibbles
+// (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i),
+// multiplied by activations prepared in that order. VNNI lane l then holds block l / 4, so the
+// four block scales are spread over lanes with one permute; the zero point (8) is subtracted by
+// starting the integer sums from the prepared per-lane correction.
+template <int R>
+__attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp, const Matrix& w,
+                                                               int64_t r, float* out) {
+  const Prepared x = view(xp, w.cols);
+  const int64_t groups = w.cols / kGroup;
+  const uint8_t* rows[R];
+  const uint16_t* scales[R];
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) {
+    rows[i] = row_data(w, r + i);
+    scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
+    acc[i] = _mm512_setzero_ps();
+  }
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);
+    const __m512i xhi = _mm512_loadu_si512(x.codes + g * kGroup + 64);
+    const __m512i zero = _mm512_loadu_si512(x.zero + g * 16);
+    const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * 64 + kPrefetch), _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(rows[i] + g * 64);
+      const __m512i lo = _mm512_and_si512(v, nibble);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xlo), hi, xhi);
+      const __m128 ws = _mm_cvtph_ps(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
+      const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs)));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    out[i] = _mm512_reduce_add_ps(acc[i]) +
+             q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+  }
+}
+
+// int8 × int8 with VNNI (unsigned × signed): |w| times x with w's sign moved onto x.
+template <int R>
+__attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp, const Matrix& w,
+                                                               int64_t r, float* out) {
+  const Prepared x = view(xp, w.cols);
+  const int64_t groups = w.cols / kGroup;
+  const uint8_t* rows[R];
+  const uint16_t* scales[R];
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) {
+    rows[i] = row_data(w, r + i);
+    scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
+    acc[i] = _mm512_setzero_ps();
+  }
+  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i x0 = _mm512_loadu_si512(x.codes + g * kGroup);
+    const __m512i x1 = _mm512_loadu_si512(x.codes + g * kGroup + 64);
+    const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + 64 + kPrefetch),
+                   _MM_HINT_T0);
+      const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);
+      const __m512i v1 = _mm512_loadu_si512(rows[i] + g * kGroup + 64);
+      const __m512i d0 = _mm512_dpbusd_epi32(
+          zero, _mm512_abs_epi8(v0), _mm512_mask_sub_epi8(x0, _mm512_movepi8_mask(v0), zero, x0));
+      const __m512i d1 = _mm512_dpbusd_epi32(
+          zero, _mm512_abs_epi8(v1), _mm512_mask_sub_epi8(x1, _mm512_movepi8_mask(v1), zero, x1));
+      const __m128 ws = _mm_cvtph_ps(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
+      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, xs));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(first, s), acc[i]);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(second, s), acc[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    out[i] = _mm512_reduce_add_ps(acc[i]) +
+             q8_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+  }
+}
+
+#define WHALE_AVX2 "avx2,fma,f16c"
+
+__attribute__((target(WHALE_AVX2))) inline float hsum256(__m256 v) {
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+
+// One block per step: 16-bit products of |w| and sign-moved x (no saturation: |w| ≤ 128,
+// |x| ≤ 127), widened to 32 bits, scaled in f32.
+template <int R>
+__attribute__((target(WHALE_AVX2))) void q8_rows_avx2(const uint8_t* xp, const Matrix& w,
+                                                      int64_t r, float* out) {
+  const Prepared x = view(xp, w.cols);
+  const int64_t blocks = w.cols / kQuantBlock;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int i = 0; i < R; ++i) {
+    const uint8_t* row = row_data(w, r + i);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + b * kQuantBlock + kPrefetch), _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kQuantBlock));
+      const __m256i xv =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.codes + b * kQuantBlock));
+      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(xv, v));
+      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
+    }
+    out[i] = hsum256(acc);
+  }
+}
+
+template <int R>
+__attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const Matrix& w,
+                                                      int64_t r, float* out) {
+  const Prepared x = view(xp, w.cols);
+  const int64_t groups = w.cols / kGroup;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  for (int i = 0; i < R; ++i) {
+    const uint8_t* row = row_data(w, r + i);
+    __m256 acc = _mm256_setzero_ps();
+    float zero_point = 0;  // Σ scale · 8 · Σx, subtracted at the end
+    for (int64_t b = 0; b < groups * 4; ++b) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + b * kHalf + kPrefetch), _MM_HINT_T0);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kHalf));
+      const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble),
+                                             _mm_and_si128(v, nibble));
+      const int8_t* lo = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
+      const __m256i xv =
+          _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + 2 * kQuantBlock)),
+                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
+      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), ones));
+      const float s = scale_at(w, r + i, b) * x.scales[b];
+      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(s), acc);
+      zero_point += s * static_cast<float>(8 * x.sums[b]);
+    }
+    out[i] = hsum256(acc) - zero_point +
+             q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+  }
+}
+
+#define WHALE_QUANT_DISPATCH(kernel)                                                       \
+  void kernel(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {       \
+    switch (rows) {                                                                        \
+      case 4:                                                                              \
+        return kernel<4>(xp, w, r, out);                                                   \
+      case 3:                                                                              \
+        return kernel<3>(xp, w, r, out);                                                   \
+      case 2:                                                                              \
+        return kernel<2>(xp, w, r, out);                                                   \
+      default:                                                                             \
+        return kernel<1>(xp, w, r, out);                                                   \
+    }                                                                                      \
+  }
+WHALE_QUANT_DISPATCH(q4_rows_avx512)
+WHALE_QUANT_DISPATCH(q8_rows_avx512)
+WHALE_QUANT_DISPATCH(q4_rows_avx2)
+WHALE_QUANT_DISPATCH(q8_rows_avx2)
+#undef WHALE_QUANT_DISPATCH
+
+#endif
+
+}  // namespace
+
+bool has_avx512_vnni() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+PreparedLayout prepared_layout(int64_t k) {
+  PreparedLayout l;
+  const int64_t blocks = k / kQuantBlock;
+  l.codes = 0;
+  l.scales = align64(k);
+  l.sums = l.scales + align64(blocks * 4);
+  l.zero = l.sums + align64(blocks * 4);
+  l.bytes = l.zero + align64(k / kGroup * 16 * 4);
+  return l;
+}
+
+void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* out) {
+  const PreparedLayout l = prepared_layout(k);
+  auto* codes = reinterpret_cast<int8_t*>(out + l.codes);
+  auto* scales = reinterpret_cast<float*>(out + l.scales);
+  auto* sums = reinterpret_cast<int32_t*>(out + l.sums);
+  auto* zero = reinterpret_cast<int32_t*>(out + l.zero);
+  const int64_t blocks = k / kQuantBlock, full_groups = k / kGroup;
+  int8_t q[kQuantBlock];
+  for (int64_t b = 0; b < blocks; ++b) {
+    scales[b] = ops::quantize_activation_block(x + b * kQuantBlock, q);
+    int32_t sum = 0;
+    for (int8_t v : q) sum += v;
+    sums[b] = sum;
+    if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
+      int8_t* lo = codes + (b / 4) * kGroup + (b % 4) * kHalf;
+      std::memcpy(lo, q, kHalf);
+      std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
+      // Four VNNI lanes per block; together they subtract 8 · Σx.
+      for (int j = 0; j < 4; ++j) zero[(b / 4) * 16 + (b % 4) * 4 + j] = -2 * sum;
+    } else {
+      std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
+    }
+  }
+}
+
+QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512 && has_avx512_vnni()) {
+    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx512} : QuantRowsFn{q8_rows_avx512};
+  }
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2)
+    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx2} : QuantRowsFn{q8_rows_avx2};
+#endif
+  return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_portable}
+                                      : QuantRowsFn{q8_rows_portable};
+}
+
+}  // namespace whale::cpu

@@ -1,0 +1,36 @@
+// Products of whale's block formats (ops::WeightFormat kQ8, kQ4) with activations: each token's
+// activations are first rounded to int8 blocks (prepare_quantized), then up to four weight rows
+// at a time are multiplied with integer dot products (VNNI where the CPU has it).
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cpu/isa.h"
+#include "ops/matrix.h"
+
+namespace whale::cpu {
+
+// Where the parts of one token's prepared activations lie, for k columns (a multiple of 32).
+struct PreparedLayout {
+  int64_t codes = 0;   // int8 [k]: natural order, except that for kQ4 each full group of 128
+                       // columns is ordered as the kernels unpack nibbles (see quant_kernels.cpp)
+  int64_t scales = 0;  // f32 [k / 32]
+  int64_t sums = 0;    // int32 [k / 32]: Σ codes of each block
+  int64_t zero = 0;    // int32 [k / 128 · 16]: kQ4's zero-point correction per VNNI lane
+  int64_t bytes = 0;   // total
+};
+PreparedLayout prepared_layout(int64_t k);
+
+// out: prepared_layout(k).bytes bytes.
+void prepare_quantized(const float* x, int64_t k, ops::WeightFormat format, uint8_t* out);
+
+// out[i] = row (r + i) of w times the prepared activations xp, for i < rows (1..4).
+using QuantRowsFn = void (*)(const uint8_t* xp, const ops::Matrix& w, int64_t r, int rows,
+                             float* out);
+QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format);
+
+// Whether the CPU has AVX-512 VNNI (the kAvx512 quantized kernels need it; without it they fall
+// back to the AVX2 ones).
+bool has_avx512_vnni();
+
+}  // namespace whale::cpu
