@@ -167,6 +167,39 @@ TEST_P(CpuOps, MatmulWideShapesEveryFormat) {
   }
 }
 
+// Enough tokens for the tile path (AMX, where present): whole and partial tiles of rows and of
+// tokens, a row slice, and output rows wider than the product.
+TEST_P(CpuOps, MatmulManyTokens) {
+  for (const int64_t cols : {32, 1056}) {
+    for (const int64_t rows : {16, 37, 64}) {
+      for (const int64_t n : {16, 40}) {
+        StoredMatrix w = make_matrix(DType::kBF16, rows, cols, uint32_t(rows + cols));
+        const auto x = random_vector(static_cast<size_t>(n * cols), uint32_t(n));
+        const Matrix view = w.m.row_slice(rows > 16 ? 3 : 0, rows > 16 ? rows - 3 : rows);
+        const int64_t ldy = view.rows + 2;
+        std::vector<float> y_cpu(static_cast<size_t>(n * ldy), -1.0f), y_ref(y_cpu);
+        cpu_.matmul(y_cpu.data(), ldy, x.data(), cols, n, view);
+        ref_.matmul(y_ref.data(), ldy, x.data(), cols, n, view);
+        SCOPED_TRACE("rows " + std::to_string(rows) + " cols " + std::to_string(cols) + " n " +
+                     std::to_string(n));
+        // The tile path carries activations as two bf16 parts (16 significant bits): each sum is
+        // within 2^-16 of Σ|x·w|, not of the sum itself.
+        StoredMatrix w_abs = w;
+        for (size_t i = 0; i < w_abs.bytes.size(); i += 2) w_abs.bytes[i + 1] &= 0x7F;
+        w_abs.m.data = w_abs.bytes.data();
+        std::vector<float> x_abs(x);
+        for (float& v : x_abs) v = std::fabs(v);
+        std::vector<float> magnitude(y_ref.size(), 0.0f);
+        ref_.matmul(magnitude.data(), ldy, x_abs.data(), cols, n,
+                    w_abs.m.row_slice(view.row_offset, view.rows));
+        for (size_t i = 0; i < y_ref.size(); ++i) {
+          ASSERT_NEAR(y_cpu[i], y_ref[i], std::ldexp(magnitude[i], -16) + 1e-6f) << "at " << i;
+        }
+      }
+    }
+  }
+}
+
 // A batch of products gives each product exactly what it gives alone, whatever its neighbours.
 TEST_P(CpuOps, MatmulBatchEqualsSeparateProducts) {
   StoredMatrix a = make_matrix(DType::kBF16, 40, 96, 31);

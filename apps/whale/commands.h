@@ -121,6 +121,24 @@ struct BenchArgs {
 void add_bench_command(CLI::App& app, BenchArgs& args);
 int run_bench(const BenchArgs& args);
 
+struct QuantizeArgs {
+  std::string in_dir;
+  std::string out_dir;
+  std::string type;
+  int threads = 0;
+};
+struct CompareArgs {
+  std::string reference;
+  std::string model;
+  int64_t tokens = 128;
+  uint32_t seed = 1;
+  int threads = 0;
+  bool json = false;
+};
+void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c);
+int run_quantize(const QuantizeArgs& args);
+int run_compare(const CompareArgs& args);
+
 struct SynthArgs {
   std::string config;
   std::string out_dir;

@@ -65,7 +65,7 @@ int run_logits(const LogitsArgs& args) {
   model::KvCache cache(model->config(), static_cast<int64_t>(ids->size()));
   model::ForwardOptions options;
   options.all_logits = !args.out.empty();  // every row only when they are written out
-  options.attention = args.naive ? model::AttentionForm::kNaive : model::AttentionForm::kAbsorbed;
+  options.attention = args.naive ? model::AttentionForm::kNaive : model::AttentionForm::kAuto;
   auto logits = model->forward(backend, *ids, cache, options);
   if (!logits.ok()) return fail(logits.error());
 

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
   whale::app::TemplateArgs chat_template;
   whale::app::add_template_command(app, chat_template);
   whale::app::add_synth_command(app, synth);
+  whale::app::QuantizeArgs quantize;
+  whale::app::CompareArgs compare;
+  whale::app::add_quantize_commands(app, quantize, compare);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -48,6 +51,8 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("info")) return whale::app::run_info(info);
   if (app.got_subcommand("logits")) return whale::app::run_logits(logits);
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
+  if (app.got_subcommand("quantize")) return whale::app::run_quantize(quantize);
+  if (app.got_subcommand("compare")) return whale::app::run_compare(compare);
   if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
   if (app.got_subcommand("template")) return whale::app::run_template(chat_template);
   if (app.got_subcommand("detokenize")) return whale::app::run_detokenize(tokenize);

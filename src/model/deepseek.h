@@ -19,7 +19,7 @@
 namespace whale::model {
 
 struct ForwardOptions {
-  AttentionForm attention = AttentionForm::kAbsorbed;
+  AttentionForm attention = AttentionForm::kAuto;
   bool all_logits = false;  // logits for every new token, else only for the last one
 };
 
@@ -53,7 +53,7 @@ class Model {
   // no cache has changed. Allocates its activations.
   Result<std::vector<float>> forward_batch(
       const ops::Backend& ops, std::span<const BatchItem> items,
-      AttentionForm attention = AttentionForm::kAbsorbed) const;
+      AttentionForm attention = AttentionForm::kAuto) const;
 
  private:
   ModelConfig config_;

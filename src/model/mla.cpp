@@ -12,6 +12,20 @@ Buffer zeros(int64_t n) { return Buffer(static_cast<size_t>(n), 0.0f); }
 
 }  // namespace
 
+AttentionForm choose_attention_form(const ModelConfig& c, std::span<const MlaSequence> sequences) {
+  const double H = double(c.num_attention_heads), lat = double(c.kv_lora_rank);
+  const double nope = double(c.qk_nope_head_dim), rope = double(c.qk_rope_head_dim);
+  const double dv = double(c.v_head_dim);
+  double absorbed = 0, naive = 0;
+  for (const MlaSequence& s : sequences) {
+    const double n = double(s.n), total = double(s.n_past + s.n);
+    const double pairs = n * double(s.n_past) + n * (n + 1) / 2;  // causal query-key pairs
+    absorbed += n * H * (nope + dv) * lat + H * pairs * (2 * lat + rope);
+    naive += total * H * (nope + dv) * lat + H * pairs * (nope + rope + dv);
+  }
+  return naive < absorbed ? AttentionForm::kNaive : AttentionForm::kAbsorbed;
+}
+
 void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n,
                  const int32_t* pos, std::span<const MlaSequence> sequences, AttentionForm form,
                  float* out) {
@@ -64,6 +78,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
     return a;
   };
 
+  if (form == AttentionForm::kAuto) form = choose_attention_form(c, sequences);
   if (form == AttentionForm::kAbsorbed) {
     // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
     Buffer q_abs = zeros(n * H * width);

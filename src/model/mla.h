@@ -13,7 +13,12 @@
 
 namespace whale::model {
 
-enum class AttentionForm { kAbsorbed, kNaive };
+// kAuto picks, per call, the form with fewer multiply-adds: absorbed for decode (few new tokens
+// over a long cache), naive for prefill (many new tokens, where the absorbed form's attention
+// over kv_lora-wide keys and values costs more than expanding K and V).
+enum class AttentionForm { kAuto, kAbsorbed, kNaive };
+
+
 
 struct MlaContext {
   const ops::Backend& ops;
@@ -30,6 +35,9 @@ struct MlaSequence {
   int64_t n_past = 0;
   float* cache = nullptr;
 };
+
+// The form kAuto resolves to for these sequences.
+AttentionForm choose_attention_form(const ModelConfig& c, std::span<const MlaSequence> sequences);
 
 // x: [n_rows, d] normed input of every sequence's new tokens; pos[r] is row r's position in
 // its sequence. Projections run over all rows at once (weights are read once per batch);

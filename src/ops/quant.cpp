@@ -8,10 +8,18 @@ namespace whale::ops {
 float quantize_activation_block(const float* x, int8_t* q) {
   float amax = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+  if (!std::isfinite(amax)) {  // NaN or inf in: codes 0, and a NaN scale carries it on
+    std::fill_n(q, kQuantBlock, int8_t{0});
+    return NAN;
+  }
   const float scale = amax / 127.0f;
   const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  // Adding and removing 1.5·2^23 rounds to the nearest integer, ties to even, as lrintf does
+  // for |v| ≤ 127, in a form the compiler vectorises (this runs for every product of a token).
+  constexpr float kRound = 12582912.0f;
   for (int64_t i = 0; i < kQuantBlock; ++i) {
-    q[i] = static_cast<int8_t>(std::clamp(std::lrintf(x[i] * inv), -127L, 127L));
+    const float v = std::clamp(x[i] * inv, -127.0f, 127.0f);
+    q[i] = static_cast<int8_t>((v + kRound) - kRound);
   }
   return scale;
 }

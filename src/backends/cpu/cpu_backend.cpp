@@ -2,7 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include "backends/cpu/amx_kernels.h"
 
 #include "backends/cpu/quant_kernels.h"
 #include "backends/cpu/vector_kernels.h"
@@ -11,6 +15,8 @@ namespace whale::cpu {
 
 std::string_view isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAmx:
+      return "cpu-amx";
     case Isa::kAvx512:
       return "cpu-avx512";
     case Isa::kAvx2:
@@ -26,12 +32,29 @@ std::vector<Isa> supported_isas() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(Isa::kAvx2);
-  if (__builtin_cpu_supports("avx512f")) out.push_back(Isa::kAvx512);
+  if (__builtin_cpu_supports("avx512f")) {
+    out.push_back(Isa::kAvx512);
+    if (amx_usable()) out.push_back(Isa::kAmx);
+  }
 #endif
   return out;
 }
 
-Isa best_isa() { return supported_isas().back(); }
+Isa best_isa() {
+  const std::vector<Isa> isas = supported_isas();
+  if (const char* want = std::getenv("WHALE_ISA"); want && *want) {
+    for (Isa isa : isas) {
+      if (isa_name(isa).substr(4) == want) return isa;
+    }
+    static bool warned = false;
+    if (!warned) {
+      std::fprintf(stderr, "whale: WHALE_ISA=%s is not available here; using %s\n", want,
+                   std::string(isa_name(isas.back())).c_str());
+      warned = true;
+    }
+  }
+  return isas.back();
+}
 
 CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
     : pool_(pool),
@@ -75,8 +98,16 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
   matmul_batch(std::span(&task, 1));
 }
 
-void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) const {
+void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
+                             const AmxActivations* amx) const {
   const ops::Matrix& w = t.w;
+  if (amx) {
+    // Whole 16-row tiles on AMX; the few rows left over below.
+    const int64_t tiled = (r1 - r0) / 16 * 16;
+    if (tiled > 0) amx_matmul_rows(*amx, w, r0, r0 + tiled, t.y, t.ldy);
+    r0 += tiled;
+    if (r0 == r1) return;
+  }
   if (w.dtype == DType::kBF16) {
     // Multiplied straight from the stored bf16 rows (widened in registers), four rows at a
     // time, each staying in L1 for the next token. Used for every batch size, and a row's sums
@@ -97,7 +128,7 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) c
     }
     return;
   }
-  if (w.format != ops::WeightFormat::kDense) {
+  if (w.format != ops::WeightFormat::kDense && !getenv("WHALE_NOQX")) {
     // Each token's activations are rounded to int8 blocks once, then multiplied with four rows
     // of codes at a time.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
@@ -139,7 +170,29 @@ void CpuBackend::matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) c
   }
 }
 
+bool CpuBackend::use_amx(const ops::MatmulTask& t) const {
+  return isa_ == Isa::kAmx && !t.transposed && t.w.format == ops::WeightFormat::kDense &&
+         t.w.dtype == DType::kBF16 && t.n >= kAmxMinTokens && t.w.cols % 32 == 0 &&
+         t.w.rows >= 16;
+}
+
 void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
+  // Products of many tokens with bf16 weights go to AMX tiles: their activations are put in
+  // tile order first, all threads sharing the work.
+  // The caller's buffers (the lambdas below run on other threads, with thread_locals of their
+  // own, so they must see this one through a reference).
+  thread_local std::vector<AmxActivations> caller_amx;
+  std::vector<AmxActivations>& amx = caller_amx;
+  if (amx.size() < tasks.size()) amx.resize(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const ops::MatmulTask& t = tasks[i];
+    if (!use_amx(t)) continue;
+    AmxActivations* a = &amx[i];
+    amx_resize(a, t.n, t.w.cols);
+    pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
+      amx_prepare(a, t.x, t.ldx, b0 * 16, std::min(t.n, b1 * 16));
+    });
+  }
   // Every unit of work (a weight row, or a block of output columns of a transposed product) is
   // weighted by the elements it reads, and each thread takes an equal share of the total: one
   // job per batch however many matrices it holds, and each weight byte read once per call.
@@ -153,7 +206,8 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   pool_.parallel_for(chunks, [&](int64_t k0, int64_t k1) {
     const int64_t lo = total * k0 / chunks, hi = total * k1 / chunks;
     int64_t offset = 0;
-    for (const ops::MatmulTask& t : tasks) {
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      const ops::MatmulTask& t = tasks[i];
       if (t.n <= 0) continue;
       const int64_t units = task_units(t), cost = unit_cost(t);
       // The units that start inside [lo, hi).
@@ -164,7 +218,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       if (t.transposed) {
         matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
       } else {
-        matmul_rows(t, u0, u1);
+        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr);
       }
     }
   });

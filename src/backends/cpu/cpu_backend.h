@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "backends/cpu/amx_kernels.h"
 #include "backends/cpu/isa.h"
 #include "backends/cpu/vector_kernels.h"
 #include "core/thread_pool.h"
@@ -33,7 +34,10 @@ class CpuBackend final : public ops::Backend {
 
  private:
   // Output columns [r0, r1) of a task (weight rows r0..r1), or of a transposed one.
-  void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1) const;
+  // `amx`, when given, holds the task's activations in tile order.
+  void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
+                   const AmxActivations* amx = nullptr) const;
+  bool use_amx(const ops::MatmulTask& t) const;
   void matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const;
 
   ThreadPool& pool_;

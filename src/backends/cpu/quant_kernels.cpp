@@ -141,9 +141,10 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);
     }
   }
+  const bool tail = groups * 4 < w.cols / kQuantBlock;
   for (int i = 0; i < R; ++i) {
-    out[i] = _mm512_reduce_add_ps(acc[i]) +
-             q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+    out[i] = _mm512_reduce_add_ps(acc[i]);
+    if (tail) out[i] += q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
   }
 }
 
@@ -185,9 +186,10 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(second, s), acc[i]);
     }
   }
+  const bool tail = groups * 4 < w.cols / kQuantBlock;
   for (int i = 0; i < R; ++i) {
-    out[i] = _mm512_reduce_add_ps(acc[i]) +
-             q8_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+    out[i] = _mm512_reduce_add_ps(acc[i]);
+    if (tail) out[i] += q8_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
   }
 }
 
@@ -325,10 +327,10 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
 
 QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512 && has_avx512_vnni()) {
+  if (has_avx512(isa) && has_avx512_vnni()) {
     return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx512} : QuantRowsFn{q8_rows_avx512};
   }
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx2)
+  if (has_avx512(isa) || isa == Isa::kAvx2)
     return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx2} : QuantRowsFn{q8_rows_avx2};
 #endif
   return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_portable}

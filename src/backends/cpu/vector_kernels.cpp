@@ -214,7 +214,7 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const void* p, int64_t n) {
 
 float fma_throughput_loop(Isa isa, int64_t iters) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return fma_avx512(iters);
+  if (has_avx512(isa)) return fma_avx512(iters);
   if (isa == Isa::kAvx2) return fma_avx2(iters);
 #endif
   return fma_portable(iters);
@@ -222,7 +222,7 @@ float fma_throughput_loop(Isa isa, int64_t iters) {
 
 Bf16RowsKernel bf16_rows_kernel(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return {prepare_bf16_avx512, dot_bf16_rows_avx512};
+  if (has_avx512(isa)) return {prepare_bf16_avx512, dot_bf16_rows_avx512};
   if (isa == Isa::kAvx2) return {prepare_bf16_avx2, dot_bf16_rows_avx2};
 #endif
   return {prepare_bf16_portable, dot_bf16_rows_portable};
@@ -230,7 +230,7 @@ Bf16RowsKernel bf16_rows_kernel(Isa isa) {
 
 uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return read_avx512(p, n);
+  if (has_avx512(isa)) return read_avx512(p, n);
   if (isa == Isa::kAvx2) return read_avx2(p, n);
 #endif
   uint64_t acc[8] = {};
@@ -245,7 +245,7 @@ uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n) {
 
 DotFn dot_kernel(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return dot_avx512;
+  if (has_avx512(isa)) return dot_avx512;
   if (isa == Isa::kAvx2) return dot_avx2;
 #endif
   return dot_portable;
@@ -253,7 +253,7 @@ DotFn dot_kernel(Isa isa) {
 
 AxpyFn axpy_kernel(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return axpy_avx512;
+  if (has_avx512(isa)) return axpy_avx512;
   if (isa == Isa::kAvx2) return axpy_avx2;
 #endif
   return axpy_portable;

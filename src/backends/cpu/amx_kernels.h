@@ -1,0 +1,37 @@
+// Products of bf16 weight matrices with many tokens on AMX tiles (Sapphire Rapids and later):
+// prefill's matmuls. The weights are tile-loaded straight from the mapped checkpoint; each
+// token's f32 activations are split into two bf16 parts (hi + lo, together within 2^-16 of the
+// f32 value), so the products keep f32 accuracy at twice the tile work, which AMX has to spare.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ops/matrix.h"
+
+namespace whale::cpu {
+
+// Whether the CPU has AMX-BF16 and the kernel lets this process use the tile state.
+bool amx_usable();
+
+// Tokens per tile column block, and the fewest tokens for which the tile path pays.
+constexpr int64_t kAmxTokens = 16;
+constexpr int64_t kAmxMinTokens = 16;
+
+// Activations of n tokens × k columns (k a multiple of 32) in the tile layout: for every block of
+// 32 columns and of 16 tokens, a 16 × 16 grid of bf16 pairs (row p: columns 2p, 2p + 1 of each
+// token), once for the hi parts and once for the lo parts. Tokens past n are zero.
+struct AmxActivations {
+  int64_t n = 0, k = 0;
+  std::vector<uint32_t> hi, lo;  // [k / 32][ceil(n / 16)][16][16]
+};
+// Fills tiles for tokens [t0, t1) (multiples of 16 except at n); `a` must be sized by
+// amx_resize first. Split so that threads can share the work.
+void amx_resize(AmxActivations* a, int64_t n, int64_t k);
+void amx_prepare(AmxActivations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1);
+
+// y[t, r] for weight rows [r0, r1) (r1 - r0 a multiple of 16) and every token, w in bf16.
+void amx_matmul_rows(const AmxActivations& a, const ops::Matrix& w, int64_t r0, int64_t r1,
+                     float* y, int64_t ldy);
+
+}  // namespace whale::cpu
