@@ -13,6 +13,8 @@
 
 #include "apps/whale/commands.h"
 #include "apps/whale/loaded_model.h"
+#include "backends/cpu/amx_kernels.h"
+#include "backends/cpu/quant_kernels.h"
 #include "backends/cpu/vector_kernels.h"
 #include "model/tensor_table.h"
 
@@ -66,21 +68,34 @@ double measure_bandwidth_gbs(ThreadPool& pool, cpu::Isa isa, int reps) {
   return median(rates);
 }
 
-// The f32 multiply-add throughput of every thread, in registers: the ceiling for whale's CPU
-// matmuls, which compute in f32 whatever the stored dtype.
-double measure_fma_peak_gflops(ThreadPool& pool, cpu::Isa isa, int reps) {
-  const int64_t iters = 2'000'000;
+// Throughput of every thread running `loop` (which does `ops_per_call` operations and returns
+// a value that depends on them), in G operations per second: the compute ceilings.
+template <class Loop>
+double measure_peak(ThreadPool& pool, int reps, double ops_per_call, Loop loop) {
   std::vector<double> rates;
   for (int r = 0; r < reps + 1; ++r) {
-    std::atomic<float> sink{0};
+    std::atomic<double> sink{0};
     const auto t0 = clock_type::now();
     pool.parallel_for(pool.size(), [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) sink = sink + cpu::fma_throughput_loop(isa, iters);
+      for (int64_t k = b; k < e; ++k) sink = sink + double(loop());
     });
     const double t = seconds_since(t0);
-    if (r > 0) rates.push_back(512.0 * double(iters) * pool.size() / t / 1e9);
+    if (r > 0) rates.push_back(ops_per_call * pool.size() / t / 1e9);
   }
   return median(rates);
+}
+
+// The stored form of a weight matrix, as bench reports it.
+std::string weight_form(const ops::Matrix& w) {
+  switch (w.format) {
+    case ops::WeightFormat::kQ8:
+      return "q8";
+    case ops::WeightFormat::kQ4:
+      return "q4";
+    case ops::WeightFormat::kDense:
+      break;
+  }
+  return std::string(dtype_name(w.dtype));
 }
 
 }  // namespace
@@ -92,18 +107,20 @@ int run_bench(const BenchArgs& args) {
   const Checkpoint& ckpt = m->model->checkpoint();
 
   // Bytes read and matmul parameters per token, from the tensor table at stored dtypes.
-  model::ModelWeights scratch;
+  model::ModelWeights bound = m->model->weights();  // views; the table points into them
   double bytes_per_token = 0, active_matmul_params = 0;
   std::map<std::string, double> bytes_by_dtype;
   const double routed_share = double(c.num_experts_per_tok) / double(c.n_routed_experts);
-  for (const model::TensorSpec& s : model::tensor_table(c, &scratch)) {
+  for (const model::TensorSpec& s : model::tensor_table(c, &bound)) {
     if (s.group != model::TensorGroup::kMain) continue;
     const StoredTensor* t = ckpt.find(s.checkpoint);
     if (!t) continue;  // a tied head
     double bytes = double(t->view.nbytes());
-    if (const StoredTensor* sc = ckpt.find(s.checkpoint + "_scale_inv"))
-      bytes += double(sc->view.nbytes());
-    double params = double(t->view.numel());
+    for (const char* suffix : {"_scale_inv", "_scale"}) {
+      if (const StoredTensor* sc = ckpt.find(s.checkpoint + suffix)) bytes += double(sc->view.nbytes());
+    }
+    double params = 1;
+    for (int64_t d : s.shape) params *= double(d);
     const double share = s.routed_expert ? routed_share : 1.0;
     if (s.checkpoint == "model.embed_tokens.weight") {
       bytes /= double(c.vocab_size);  // one row is looked up
@@ -113,12 +130,34 @@ int run_bench(const BenchArgs& args) {
     }
     bytes_per_token += bytes * share;
     active_matmul_params += params * share;
-    bytes_by_dtype[std::string(dtype_name(t->view.dtype))] += bytes * share;
+    bytes_by_dtype[s.dest ? weight_form(*s.dest) : std::string(dtype_name(t->view.dtype))] +=
+        bytes * share;
   }
-  const DType main_dtype = m->model->weights().layers[0].attn.kv_a.dtype;
+  // The experts' form (the bulk of a MoE model's weights) names the model's form.
+  const model::LayerWeights& last = m->model->weights().layers.back();
+  const std::string main_form =
+      weight_form(last.moe ? last.experts.experts[0].gate : last.dense.gate);
 
-  const double bandwidth = measure_bandwidth_gbs(*m->pool, m->backend->isa(), args.reps);
-  const double peak = measure_fma_peak_gflops(*m->pool, m->backend->isa(), args.reps);
+  const cpu::Isa isa = m->backend->isa();
+  const double bandwidth = measure_bandwidth_gbs(*m->pool, isa, args.reps);
+  const double fma_peak = measure_peak(*m->pool, args.reps, 512.0 * 2'000'000,
+                                       [&] { return cpu::fma_throughput_loop(isa, 2'000'000); });
+  const double int8_peak =
+      measure_peak(*m->pool, args.reps, double(cpu::int8_dot_ops_per_iter(isa)) * 2'000'000,
+                   [&] { return cpu::int8_dot_throughput_loop(isa, 2'000'000); });
+  const double amx_peak =
+      isa == cpu::Isa::kAmx
+          ? measure_peak(*m->pool, args.reps, 262144.0 * 200'000,
+                         [] { return cpu::amx_bf16_throughput_loop(200'000); })
+          : 0.0;
+  // The ceiling of the kernels prefill uses for this form.
+  const bool quantized = main_form == "q8" || main_form == "q4";
+  const double peak = quantized                                  ? int8_peak
+                      : main_form == "BF16" && amx_peak > 0 ? amx_peak
+                                                                 : fma_peak;
+  const char* peak_name = quantized                                  ? "int8 dot"
+                          : main_form == "BF16" && amx_peak > 0 ? "AMX-BF16"
+                                                                     : "f32 FMA";
 
   std::mt19937 rng(42);
   std::vector<int32_t> prompt(static_cast<size_t>(args.prompt));
@@ -151,7 +190,7 @@ int run_bench(const BenchArgs& args) {
     j["model"] = args.model_dir;
     j["threads"] = m->pool->size();
     j["backend"] = m->backend->name();
-    j["weights_dtype"] = dtype_name(main_dtype);
+    j["weights_dtype"] = main_form;
     j["prompt_tokens"] = args.prompt;
     j["gen_tokens"] = args.gen;
     j["prefill_tps"] = prefill;
@@ -160,7 +199,10 @@ int run_bench(const BenchArgs& args) {
     j["decode_bytes_by_dtype"] = bytes_by_dtype;
     j["active_matmul_params_per_token"] = active_matmul_params;
     j["bandwidth_gbs"] = bandwidth;
-    j["fma_peak_gflops"] = peak;
+    j["fma_peak_gflops"] = fma_peak;
+    j["int8_dot_peak_gops"] = int8_peak;
+    j["amx_bf16_peak_gflops"] = amx_peak;
+    j["prefill_peak"] = peak_name;
     j["decode_limit_tps"] = decode_limit;
     j["prefill_limit_tps"] = prefill_limit;
     j["decode_fraction_of_limit"] = decode / decode_limit;
@@ -169,13 +211,15 @@ int run_bench(const BenchArgs& args) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("machine   %.1f GB/s read, %.1f GFLOP/s f32 FMA (%d threads, %s); weights %s\n",
-              bandwidth, peak, m->pool->size(), std::string(m->backend->name()).c_str(),
-              std::string(dtype_name(main_dtype)).c_str());
+  std::printf("machine   %.1f GB/s read; peaks %.0f GFLOP/s f32 FMA, %.0f GOP/s int8 dot", bandwidth,
+              fma_peak, int8_peak);
+  if (amx_peak > 0) std::printf(", %.0f GFLOP/s AMX-BF16", amx_peak);
+  std::printf(" (%d threads, %s); weights %s\n", m->pool->size(),
+              std::string(m->backend->name()).c_str(), main_form.c_str());
   std::printf("per token %.1f MB read, %.3fB matmul parameters\n", bytes_per_token / 1e6,
               active_matmul_params / 1e9);
-  std::printf("prefill   %.1f tokens/s  (limit %.1f: %.1f%%)  [%d tokens, median of %d]\n", prefill,
-              prefill_limit, 100 * prefill / prefill_limit, args.prompt, args.reps);
+  std::printf("prefill   %.1f tokens/s  (limit %.1f at the %s peak: %.1f%%)  [%d tokens, median of %d]\n",
+              prefill, prefill_limit, peak_name, 100 * prefill / prefill_limit, args.prompt, args.reps);
   std::printf("decode    %.1f tokens/s  (limit %.1f: %.1f%%)  [%d tokens, median of %d]\n", decode,
               decode_limit, 100 * decode / decode_limit, args.gen, args.reps);
   std::printf("peak RSS  %.1f MB\n", double(usage.ru_maxrss) / 1024);

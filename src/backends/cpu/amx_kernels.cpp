@@ -147,9 +147,36 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_matmul_rows(const AmxActiv
   }
 }
 
+__attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int64_t iters) {
+  configure_tiles();
+  alignas(64) static const uint16_t ones[16 * 32] = {};  // zero tiles: the values do not matter
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_dpbf16ps(0, 5, 7);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_dpbf16ps(3, 4, 6);
+  }
+  alignas(64) float c[16][16];
+  _tile_stored(0, c, 64);
+  return c[0][0];
+}
+
 #else
 
 bool amx_usable() { return false; }
+float amx_bf16_throughput_loop(int64_t) { return 0; }
 void amx_resize(AmxActivations*, int64_t, int64_t) {}
 void amx_prepare(AmxActivations*, const float*, int64_t, int64_t, int64_t) {}
 void amx_matmul_rows(const AmxActivations&, const ops::Matrix&, int64_t, int64_t, float*,

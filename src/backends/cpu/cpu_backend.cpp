@@ -61,7 +61,8 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       isa_(isa),
       dot_(dot_kernel(isa)),
       bf16_(bf16_rows_kernel(isa)),
-      axpy_(axpy_kernel(isa)) {}
+      axpy_(axpy_kernel(isa)),
+      attention_(attention_block_kernel(isa)) {}
 
 namespace {
 
@@ -128,7 +129,7 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     }
     return;
   }
-  if (w.format != ops::WeightFormat::kDense && !getenv("WHALE_NOQX")) {
+  if (w.format != ops::WeightFormat::kDense) {
     // Each token's activations are rounded to int8 blocks once, then multiplied with four rows
     // of codes at a time.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
@@ -283,29 +284,58 @@ void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* u
 }
 
 void CpuBackend::attention(const ops::AttentionArgs& a) const {
+  // Keys transposed once per kv head, then blocks of queries of one head each; the caller's
+  // buffer is reached through a reference (the workers' thread_locals are their own).
   const int64_t group = a.n_heads / a.kv_heads;
-  pool_.parallel_for(a.n_q * a.n_heads, [&](int64_t i0, int64_t i1) {
-    std::vector<float> p(static_cast<size_t>(a.n_kv));
+  const int64_t key_blocks = (a.n_kv + 15) / 16;
+  thread_local std::vector<float> caller_keys;
+  std::vector<float>& keys = caller_keys;
+  const auto per_head = static_cast<size_t>(key_blocks * 16 * a.dk);
+  if (keys.size() < per_head * static_cast<size_t>(a.kv_heads))
+    keys.resize(per_head * static_cast<size_t>(a.kv_heads));
+  pool_.parallel_for(a.kv_heads, [&](int64_t h0, int64_t h1) {
+    for (int64_t kh = h0; kh < h1; ++kh) {
+      transpose_keys(a.k + kh * a.k_head, a.k_row, a.n_kv, a.dk,
+                     keys.data() + per_head * static_cast<size_t>(kh));
+    }
+  });
+  // Four (query, head) pairs that share a kv head per item: four heads of one query where
+  // many heads share a kv head (absorbed MLA's multi-query form, decode's case), else four
+  // queries of one head.
+  constexpr int64_t kQ = AttentionBlock::kMaxQueries;
+  const bool by_heads = group >= kQ;
+  const int64_t per_item_blocks = by_heads ? (group + kQ - 1) / kQ : (a.n_q + kQ - 1) / kQ;
+  const int64_t items = by_heads ? a.n_q * a.kv_heads * per_item_blocks : a.n_heads * per_item_blocks;
+  pool_.parallel_for(items, [&](int64_t i0, int64_t i1) {
+    float* scores = thread_scratch(kQ * key_blocks * 16 + a.dv);
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t t = item / a.n_heads, h = item % a.n_heads, kh = h / group;
-      const int64_t visible = std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1);
-      const float* q = a.q + t * a.q_row + h * a.q_head;
-      float max_score = -INFINITY;
-      for (int64_t s = 0; s < visible; ++s) {
-        const float score = dot_(q, a.k + s * a.k_row + kh * a.k_head, a.dk) * a.scale;
-        p[static_cast<size_t>(s)] = score;
-        max_score = std::max(max_score, score);
+      AttentionBlock b;
+      int64_t kh;
+      auto add = [&](int64_t t, int64_t h) {
+        const int i = b.n_q++;
+        b.q[i] = a.q + t * a.q_row + h * a.q_head;
+        b.out[i] = a.out + t * a.out_row + h * a.out_head;
+        b.visible[i] = std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1);
+      };
+      if (by_heads) {
+        const int64_t t = item / (a.kv_heads * per_item_blocks);
+        const int64_t rest = item % (a.kv_heads * per_item_blocks);
+        kh = rest / per_item_blocks;
+        const int64_t h0 = kh * group + rest % per_item_blocks * kQ;
+        for (int64_t h = h0; h < std::min(h0 + kQ, (kh + 1) * group); ++h) add(t, h);
+      } else {
+        const int64_t h = item / per_item_blocks, t0 = item % per_item_blocks * kQ;
+        kh = h / group;
+        for (int64_t t = t0; t < std::min(t0 + kQ, a.n_q); ++t) add(t, h);
       }
-      float sum = 0;
-      for (int64_t s = 0; s < visible; ++s) {
-        p[static_cast<size_t>(s)] = std::exp(p[static_cast<size_t>(s)] - max_score);
-        sum += p[static_cast<size_t>(s)];
-      }
-      float* o = a.out + t * a.out_row + h * a.out_head;
-      std::fill(o, o + a.dv, 0.0f);
-      for (int64_t s = 0; s < visible; ++s) {
-        axpy_(o, a.v + s * a.v_row + kh * a.v_head, p[static_cast<size_t>(s)] / sum, a.dv);
-      }
+      b.keys_t = keys.data() + per_head * static_cast<size_t>(kh);
+      b.v = a.v + kh * a.v_head;
+      b.v_row = a.v_row;
+      b.dk = a.dk;
+      b.dv = a.dv;
+      b.scale = a.scale;
+      b.scores = scores;
+      attention_(b);
     }
   });
 }

@@ -275,6 +275,36 @@ WHALE_QUANT_DISPATCH(q4_rows_avx2)
 WHALE_QUANT_DISPATCH(q8_rows_avx2)
 #undef WHALE_QUANT_DISPATCH
 
+__attribute__((target(WHALE_AVX512_VNNI))) int32_t dot_loop_avx512(int64_t iters) {
+  __m512i acc[8];
+  for (auto& a : acc) a = _mm512_setzero_si512();
+  const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& a : acc) a = _mm512_dpbusd_epi32(a, u, v);
+    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]),
+                     "+v"(acc[5]), "+v"(acc[6]), "+v"(acc[7]));
+  }
+  __m512i s = acc[0];
+  for (int j = 1; j < 8; ++j) s = _mm512_add_epi32(s, acc[j]);
+  return _mm512_reduce_add_epi32(s);
+}
+
+__attribute__((target(WHALE_AVX2))) int32_t dot_loop_avx2(int64_t iters) {
+  __m256i acc[8];
+  for (auto& a : acc) a = _mm256_setzero_si256();
+  const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& a : acc) a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), ones));
+    __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]),
+                     "+x"(acc[5]), "+x"(acc[6]), "+x"(acc[7]));
+  }
+  __m256i s = acc[0];
+  for (int j = 1; j < 8; ++j) s = _mm256_add_epi32(s, acc[j]);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), s);
+  return lanes[0];
+}
+
 #endif
 
 }  // namespace
@@ -287,6 +317,25 @@ bool has_avx512_vnni() {
 #else
   return false;
 #endif
+}
+
+int64_t int8_dot_ops_per_iter(Isa isa) {
+  if (has_avx512(isa) && has_avx512_vnni()) return 8 * 64 * 2;
+  if (has_avx512(isa) || isa == Isa::kAvx2) return 8 * 32 * 2;
+  return 8 * 2;
+}
+
+int32_t int8_dot_throughput_loop(Isa isa, int64_t iters) {
+#if defined(__x86_64__)
+  if (has_avx512(isa) && has_avx512_vnni()) return dot_loop_avx512(iters);
+  if (has_avx512(isa) || isa == Isa::kAvx2) return dot_loop_avx2(iters);
+#endif
+  int32_t acc[8] = {};
+  volatile int8_t a = 3, b = -2;
+  for (int64_t i = 0; i < iters; ++i) {
+    for (auto& x : acc) x += a * b;
+  }
+  return acc[0] + acc[7];
 }
 
 PreparedLayout prepared_layout(int64_t k) {

@@ -29,6 +29,12 @@ using QuantRowsFn = void (*)(const uint8_t* xp, const ops::Matrix& w, int64_t r,
                              float* out);
 QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format);
 
+// Runs `iters` rounds of the int8 dot-product instruction the quantized kernels use, on 8
+// independent accumulators, and returns a value that depends on them: ops_per_iter(isa)·iters
+// integer operations (a multiply-add counts 2).
+int32_t int8_dot_throughput_loop(Isa isa, int64_t iters);
+int64_t int8_dot_ops_per_iter(Isa isa);
+
 // Whether the CPU has AVX-512 VNNI (the kAvx512 quantized kernels need it; without it they fall
 // back to the AVX2 ones).
 bool has_avx512_vnni();

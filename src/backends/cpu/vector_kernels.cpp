@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 
 #if defined(__x86_64__)
 // GCC 12's AVX-512 reduction intrinsics start from an undefined vector and trip these.
@@ -210,6 +211,120 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const void* p, int64_t n) {
 }
 #endif
 
+
+// ---- attention --------------------------------------------------------------------------------
+
+// e^x for x ≤ 0 (scores less their maximum), relative error about 2e-7: 2^(x·log2 e) split into
+// an integer power, set in the exponent bits, and a degree-6 polynomial for the fraction.
+// Written in plain arithmetic so that the compiler vectorises it for each instruction set.
+inline float exp_nonpositive(float x) {
+  // Below 2^-126 the result would leave the normal range: clamp there (e^-87, as good as 0).
+  const float t = std::max(x * 1.44269504088896341f, -126.0f);
+  const float i = std::floor(t);
+  const float f = t - i;  // [0, 1)
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  const auto bits = std::bit_cast<uint32_t>(p) + (static_cast<uint32_t>(static_cast<int32_t>(i)) << 23);
+  return std::bit_cast<float>(bits);
+}
+
+// The pieces below are plain loops over fixed-size arrays, always inlined into the per-ISA
+// kernels, where the compiler keeps the arrays in vector registers of that ISA.
+#define WHALE_INLINE inline __attribute__((always_inline))
+
+constexpr int kQ = AttentionBlock::kMaxQueries;
+
+// scores[q][j] = scale · q·k_j for the 16 keys of one transposed block, four queries at once
+// (four independent accumulator chains; each key vector is loaded once for all four).
+WHALE_INLINE void score_block(const float* const* q, const float* kt, int64_t dk, float scale,
+                              float* const* out) {
+  float acc[kQ][16] = {};
+  for (int64_t d = 0; d < dk; ++d) {
+    for (int i = 0; i < kQ; ++i) {
+      const float qd = q[i][d];
+      for (int j = 0; j < 16; ++j) acc[i][j] += qd * kt[d * 16 + j];
+    }
+  }
+  for (int i = 0; i < kQ; ++i) {
+    for (int j = 0; j < 16; ++j) out[i][j] = acc[i][j] * scale;
+  }
+}
+
+// o[q][0, W) = Σ_j p[q][j] · v_j[0, W) over keys j < n, four queries at once.
+template <int W>
+WHALE_INLINE void weigh_values(const float* const* p, int64_t n, const float* v, int64_t v_row,
+                               float* const* o, int64_t at) {
+  float acc[kQ][W] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vr = v + j * v_row + at;
+    for (int i = 0; i < kQ; ++i) {
+      const float pj = p[i][j];
+      for (int c = 0; c < W; ++c) acc[i][c] += pj * vr[c];
+    }
+  }
+  for (int i = 0; i < kQ; ++i) {
+    for (int c = 0; c < W; ++c) o[i][at + c] = acc[i][c];
+  }
+}
+
+// Softmax of s[0, n) in place, and zero for s[n, width).
+WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = exp_nonpositive(s[j] - m);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  for (int64_t j = n; j < width; ++j) s[j] = 0.0f;
+}
+
+// A block of fewer than four queries runs as four: the missing ones repeat the first query and
+// write into scratch rows that are thrown away.
+WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
+  int64_t most = 0;
+  for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
+  const int64_t blocks = (most + 15) / 16, width = blocks * 16;
+  const float* q[kQ];
+  float* rows[kQ];
+  float* out[kQ];
+  float* spare = b.scores + kQ * width;  // [dv] for the outputs of padding queries
+  for (int i = 0; i < kQ; ++i) {
+    const bool real = i < b.n_q;
+    q[i] = b.q[real ? i : 0];
+    rows[i] = b.scores + i * width;
+    out[i] = real ? b.out[i] : spare;
+  }
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float* at[kQ];
+    for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
+    score_block(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
+  }
+  for (int i = 0; i < kQ; ++i) softmax_row(rows[i], i < b.n_q ? b.visible[i] : 0, width);
+  const float* p[kQ] = {rows[0], rows[1], rows[2], rows[3]};
+  int64_t c = 0;
+  for (; c + 64 <= b.dv; c += 64) weigh_values<64>(p, most, b.v, b.v_row, out, c);
+  for (; c + 16 <= b.dv; c += 16) weigh_values<16>(p, most, b.v, b.v_row, out, c);
+  for (; c < b.dv; ++c) weigh_values<1>(p, most, b.v, b.v_row, out, c);
+}
+
+void attention_portable(const AttentionBlock& b) { attention_block_body(b); }
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void attention_avx2(const AttentionBlock& b) {
+  attention_block_body(b);
+}
+__attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
+  attention_block_body(b);
+}
+#endif
+
 }  // namespace
 
 float fma_throughput_loop(Isa isa, int64_t iters) {
@@ -218,6 +333,30 @@ float fma_throughput_loop(Isa isa, int64_t iters) {
   if (isa == Isa::kAvx2) return fma_avx2(iters);
 #endif
   return fma_portable(iters);
+}
+
+void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out) {
+  const int64_t blocks = (n_kv + 15) / 16;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float* dst = out + blk * dk * 16;
+    for (int64_t j = 0; j < 16; ++j) {
+      const int64_t s = blk * 16 + j;
+      if (s < n_kv) {
+        const float* src = k + s * k_row;
+        for (int64_t d = 0; d < dk; ++d) dst[d * 16 + j] = src[d];
+      } else {
+        for (int64_t d = 0; d < dk; ++d) dst[d * 16 + j] = 0.0f;
+      }
+    }
+  }
+}
+
+AttentionBlockFn attention_block_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return attention_avx512;
+  if (isa == Isa::kAvx2) return attention_avx2;
+#endif
+  return attention_portable;
 }
 
 Bf16RowsKernel bf16_rows_kernel(Isa isa) {

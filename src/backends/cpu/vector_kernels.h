@@ -34,4 +34,27 @@ uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n);
 float fma_throughput_loop(Isa isa, int64_t iters);
 AxpyFn axpy_kernel(Isa isa);
 
+// Keys of one kv head in blocks of 16, transposed: block b holds [dk][16] (key b·16 + j in lane
+// j; keys past n_kv are zero), so that scores come out 16 keys to a vector with no reductions.
+void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out);
+
+// Causal attention of up to kMaxQueries queries that share a kv head (one sequence):
+//   out[q] = Σ_s softmax_s(scale · q·k_s) v_s over keys s < visible[q].
+struct AttentionBlock {
+  static constexpr int kMaxQueries = 4;
+  int n_q = 0;
+  const float* q[kMaxQueries] = {};
+  float* out[kMaxQueries] = {};
+  int64_t visible[kMaxQueries] = {};
+  const float* keys_t = nullptr;  // transpose_keys output of this head's kv head
+  const float* v = nullptr;       // value s at v + s·v_row
+  int64_t v_row = 0;
+  int64_t dk = 0, dv = 0;
+  float scale = 1.0f;
+  // Scratch: kMaxQueries × round_up(max visible, 16) + dv floats.
+  float* scores = nullptr;
+};
+using AttentionBlockFn = void (*)(const AttentionBlock&);
+AttentionBlockFn attention_block_kernel(Isa isa);
+
 }  // namespace whale::cpu
