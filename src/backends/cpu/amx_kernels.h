@@ -19,14 +19,15 @@ constexpr int64_t kAmxTokens = 16;
 constexpr int64_t kAmxMinTokens = 16;
 
 // Activations of n tokens × k columns (k a multiple of 32) in the tile layout: for every block of
-// 32 columns and of 16 tokens, a 16 × 16 grid of bf16 pairs (row p: columns 2p, 2p + 1 of each
+// 16 tokens and of 32 columns, a 16 × 16 grid of bf16 pairs (row p: columns 2p, 2p + 1 of each
 // token), once for the hi parts and once for the lo parts. Tokens past n are zero.
 struct AmxActivations {
   int64_t n = 0, k = 0;
-  std::vector<uint32_t> hi, lo;  // [k / 32][ceil(n / 16)][16][16]
+  // [ceil(n / 16)][k / 32][16][16]: a token block's tiles in K order, one contiguous stream.
+  std::vector<uint32_t> hi, lo;
 };
-// Fills tiles for tokens [t0, t1) (multiples of 16 except at n); `a` must be sized by
-// amx_resize first. Split so that threads can share the work.
+// Fills the tiles of tokens [t0, t1) (t0 a multiple of 16, t1 one too or n); `a` must be sized
+// by amx_resize first. Split so that threads can share the work.
 void amx_resize(AmxActivations* a, int64_t n, int64_t k);
 void amx_prepare(AmxActivations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1);
 
