@@ -195,6 +195,16 @@ TEST_P(CpuOps, MatmulManyTokens) {
         for (size_t i = 0; i < y_ref.size(); ++i) {
           ASSERT_NEAR(y_cpu[i], y_ref[i], std::ldexp(magnitude[i], -16) + 1e-6f) << "at " << i;
         }
+        // The block formats are exact in their integer part: as close as the few-token path.
+        for (const auto format : {ops::WeightFormat::kQ8, ops::WeightFormat::kQ4}) {
+          StoredMatrix q = make_block_matrix(format, rows, cols, uint32_t(rows * cols));
+          const Matrix qv = q.m.row_slice(view.row_offset, view.rows);
+          std::vector<float> q_cpu(y_cpu.size(), -1.0f), q_ref(q_cpu);
+          cpu_.matmul(q_cpu.data(), ldy, x.data(), cols, n, qv);
+          ref_.matmul(q_ref.data(), ldy, x.data(), cols, n, qv);
+          SCOPED_TRACE(format == ops::WeightFormat::kQ4 ? "q4" : "q8");
+          expect_close(q_cpu, q_ref, 2e-5f);
+        }
       }
     }
   }

@@ -1,5 +1,7 @@
 #include "backends/cpu/amx_kernels.h"
 
+#include "ops/quant.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -23,7 +25,7 @@ namespace {
 constexpr int kArchReqXcompPerm = 0x1023;
 constexpr int kXfeatureXtiledata = 18;
 
-// Palette 1, every tile 16 rows of 64 bytes.
+// Palette 1 with a shape per tile.
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -32,19 +34,28 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-__attribute__((target("amx-tile"))) void configure_tiles() {
-  thread_local bool configured = false;
-  if (configured) return;
+// The two tile layouts: kBf16, every tile 16 × 64 bytes; kInt8, tiles 0-1 accumulators
+// (16 × 64 bytes), 2-3 weights (16 rows × 32 codes: one block), 4-5 activations (8 rows of
+// 16 tokens × 4 codes: the same block).
+enum class TileLayout { kNone, kBf16, kInt8 };
+
+__attribute__((target("amx-tile"))) void configure_tiles(TileLayout layout) {
+  thread_local TileLayout current = TileLayout::kNone;
+  if (current == layout) return;
   TileConfig cfg;
   for (int i = 0; i < 8; ++i) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;
   }
+  if (layout == TileLayout::kInt8) {
+    cfg.colsb[2] = cfg.colsb[3] = 32;
+    cfg.rows[4] = cfg.rows[5] = 8;
+  }
   // ldtilecfg reads all 64 bytes, but its asm operand names only the first 8: keep the
   // compiler from dropping the stores to the rest.
   __asm__ volatile("" ::"m"(cfg) : "memory");
   _tile_loadconfig(&cfg);
-  configured = true;
+  current = layout;
 }
 
 inline uint32_t bf16_bits(float f) {
@@ -78,7 +89,10 @@ __attribute__((target("avx512f"))) void store_transposed(const float (*tile)[16]
 bool amx_usable() {
   static const bool usable = [] {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+        !__builtin_cpu_supports("amx-int8") || !__builtin_cpu_supports("avx512f")) {
+      return false;
+    }
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
   return usable;
@@ -136,7 +150,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
                                                                   const ops::Matrix& w, int64_t r0,
                                                                   int64_t r1, float* y,
                                                                   int64_t ldy) {
-  configure_tiles();
+  configure_tiles(TileLayout::kBf16);
   const int64_t token_blocks = (a.n + 15) / 16, k_blocks = a.k / 32;
   const int64_t stride = w.cols * 2;
   const auto* base = static_cast<const uint8_t*>(w.data);
@@ -206,8 +220,112 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
   }
 }
 
+void amx_int8_resize(AmxInt8Activations* a, int64_t n, int64_t k) {
+  a->n = n;
+  a->k = k;
+  const int64_t token_blocks = (n + 15) / 16, blocks = k / ops::kQuantBlock;
+  a->codes.assign(static_cast<size_t>(token_blocks * blocks * 512), 0);
+  a->scales.assign(static_cast<size_t>(token_blocks * blocks * 16), 0.0f);
+}
+
+void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1) {
+  const int64_t blocks = a->k / ops::kQuantBlock;
+  int8_t q[ops::kQuantBlock];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t tb = t / 16, tt = t % 16;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float scale = ops::quantize_activation_block(x + t * ldx + b * ops::kQuantBlock, q);
+      int8_t* tile = a->codes.data() + (tb * blocks + b) * 512;
+      // Row kk of the tile holds codes 4kk..4kk+3 of each of the 16 tokens.
+      for (int kk = 0; kk < 8; ++kk) std::memcpy(tile + kk * 64 + tt * 4, q + 4 * kk, 4);
+      a->scales[static_cast<size_t>((tb * blocks + b) * 16 + tt)] = scale;
+    }
+  }
+}
+
+// acc[m] += tile[m] · xs · ws[m] for the 16 rows of one block's integer sums.
+__attribute__((target("avx512f"))) inline void scale_block(const int32_t (*tile)[16],
+                                                           const float* xs, const float* ws,
+                                                           __m512* acc) {
+  const __m512 x = _mm512_loadu_ps(xs);
+  for (int m = 0; m < 16; ++m) {
+    const __m512 s = _mm512_mul_ps(x, _mm512_set1_ps(ws[m]));
+    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(tile[m])), s, acc[m]);
+  }
+}
+
+// Tiles: 0-1 accumulators (alternating blocks), 2-3 weight codes, 4-5 activation codes. Each
+// block's integer sums leave the tiles at once and are scaled into f32 sums in 16 vector
+// registers (one per weight row), so every block keeps its own two scales.
+__attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_rows(
+    const AmxInt8Activations& a, const ops::Matrix& w, int64_t r0, int64_t r1, float* y,
+    int64_t ldy) {
+  configure_tiles(TileLayout::kInt8);
+  const int64_t token_blocks = (a.n + 15) / 16, blocks = a.k / ops::kQuantBlock;
+  const bool q4 = w.format == ops::WeightFormat::kQ4;
+  // A panel of 16 rows as signed codes, block by block (16 rows × 32 bytes each), and the
+  // panel's weight scales as f32 [block][row].
+  thread_local std::vector<int8_t> panel;
+  thread_local std::vector<float> panel_scales;
+  panel.resize(static_cast<size_t>(blocks * 512));
+  panel_scales.resize(static_cast<size_t>(blocks * 16));
+  alignas(64) int32_t c[2][16][16];
+  for (int64_t r = r0; r + 16 <= r1; r += 16) {
+    for (int64_t m = 0; m < 16; ++m) {
+      const auto* row = static_cast<const uint8_t*>(w.data) + (r + m) * w.row_bytes();
+      for (int64_t b = 0; b < blocks; ++b) {
+        int8_t* dst = panel.data() + b * 512 + m * 32;
+        if (q4) {
+          const uint8_t* bytes = row + b * 16;
+          for (int i = 0; i < 16; ++i) {
+            dst[i] = static_cast<int8_t>((bytes[i] & 0xF) - 8);
+            dst[i + 16] = static_cast<int8_t>((bytes[i] >> 4) - 8);
+          }
+        } else {
+          std::memcpy(dst, row + b * 32, 32);
+        }
+        uint16_t h;
+        std::memcpy(&h, static_cast<const uint8_t*>(w.scale) + ((w.row_offset + r + m) * w.scale_cols + b) * 2, 2);
+        panel_scales[static_cast<size_t>(b * 16 + m)] = _cvtsh_ss(h);
+      }
+    }
+    for (int64_t tb = 0; tb < token_blocks; ++tb) {
+      __m512 acc[16];
+      for (auto& v : acc) v = _mm512_setzero_ps();
+      const int8_t* act = a.codes.data() + tb * blocks * 512;
+      const float* act_scales = a.scales.data() + tb * blocks * 16;
+      auto accumulate = [&](const int32_t (*tile)[16], int64_t b) {
+        scale_block(tile, act_scales + b * 16, panel_scales.data() + b * 16, acc);
+      };
+      for (int64_t b = 0; b < blocks; b += 2) {
+        const bool two = b + 1 < blocks;
+        _tile_zero(0);
+        _tile_loadd(2, panel.data() + b * 512, 32);
+        _tile_loadd(4, act + b * 512, 64);
+        _tile_dpbssd(0, 2, 4);
+        if (two) {
+          _tile_zero(1);
+          _tile_loadd(3, panel.data() + (b + 1) * 512, 32);
+          _tile_loadd(5, act + (b + 1) * 512, 64);
+          _tile_dpbssd(1, 3, 5);
+        }
+        _tile_stored(0, c[0], 64);
+        accumulate(c[0], b);
+        if (two) {
+          _tile_stored(1, c[1], 64);
+          accumulate(c[1], b + 1);
+        }
+      }
+      // acc[m] holds row r + m for the block's 16 tokens: y is [token][row].
+      alignas(64) float out[16][16];
+      for (int m = 0; m < 16; ++m) _mm512_store_ps(out[m], acc[m]);
+      store_transposed(out, std::min<int64_t>(16, a.n - tb * 16), y + tb * 16 * ldy + r, ldy);
+    }
+  }
+}
+
 __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int64_t iters) {
-  configure_tiles();
+  configure_tiles(TileLayout::kBf16);
   alignas(64) static const uint16_t zeros[16 * 32] = {};  // the values do not matter
   _tile_zero(0);
   _tile_zero(1);
@@ -235,6 +353,10 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int6
 #else
 
 bool amx_usable() { return false; }
+void amx_int8_resize(AmxInt8Activations*, int64_t, int64_t) {}
+void amx_int8_prepare(AmxInt8Activations*, const float*, int64_t, int64_t, int64_t) {}
+void amx_int8_matmul_rows(const AmxInt8Activations&, const ops::Matrix&, int64_t, int64_t, float*,
+                          int64_t) {}
 float amx_bf16_throughput_loop(int64_t) { return 0; }
 void amx_resize(AmxActivations*, int64_t, int64_t) {}
 void amx_prepare(AmxActivations*, const float*, int64_t, int64_t, int64_t) {}

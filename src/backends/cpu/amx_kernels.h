@@ -35,6 +35,21 @@ void amx_prepare(AmxActivations* a, const float* x, int64_t ldx, int64_t t0, int
 void amx_matmul_rows(const AmxActivations& a, const ops::Matrix& w, int64_t r0, int64_t r1,
                      float* y, int64_t ldy);
 
+// The same for weights in whale's block formats (kQ8, kQ4), on AMX-INT8 tiles: activations are
+// rounded to int8 blocks exactly as ops/quant.h defines, and each 32-column block is one tile
+// product whose integer sums are scaled by the block's two scales before the next; the result is
+// the formats' defined product, as the other kernels compute it.
+struct AmxInt8Activations {
+  int64_t n = 0, k = 0;
+  std::vector<int8_t> codes;  // [ceil(n / 16)][k / 32][8][16][4]: per block, 4 codes per token
+  std::vector<float> scales;  // [ceil(n / 16)][k / 32][16]
+};
+void amx_int8_resize(AmxInt8Activations* a, int64_t n, int64_t k);
+void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1);
+// Whole 16-row panels of [r0, r1).
+void amx_int8_matmul_rows(const AmxInt8Activations& a, const ops::Matrix& w, int64_t r0,
+                          int64_t r1, float* y, int64_t ldy);
+
 // Runs `iters` rounds of 8 tile products (16·16·32 multiply-adds each) on tiles in registers and
 // returns a value that depends on them: 262,144·iters FLOPs of pure AMX-BF16 throughput.
 float amx_bf16_throughput_loop(int64_t iters);

@@ -100,8 +100,14 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
 }
 
 void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
-                             const AmxActivations* amx) const {
+                             const AmxActivations* amx, const AmxInt8Activations* amx8) const {
   const ops::Matrix& w = t.w;
+  if (amx8) {
+    const int64_t tiled = (r1 - r0) / 16 * 16;
+    if (tiled > 0) amx_int8_matmul_rows(*amx8, w, r0, r0 + tiled, t.y, t.ldy);
+    r0 += tiled;
+    if (r0 == r1) return;
+  }
   if (amx) {
     // Whole 16-row tiles on AMX; the few rows left over below.
     const int64_t tiled = (r1 - r0) / 16 * 16;
@@ -177,16 +183,31 @@ bool CpuBackend::use_amx(const ops::MatmulTask& t) const {
          t.w.rows >= 16;
 }
 
+bool CpuBackend::use_amx_int8(const ops::MatmulTask& t) const {
+  return isa_ == Isa::kAmx && !t.transposed && t.w.format != ops::WeightFormat::kDense &&
+         t.n >= kAmxMinTokens && t.w.rows >= 16;
+}
+
 void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   // Products of many tokens with bf16 weights go to AMX tiles: their activations are put in
   // tile order first, all threads sharing the work.
   // The caller's buffers (the lambdas below run on other threads, with thread_locals of their
   // own, so they must see this one through a reference).
   thread_local std::vector<AmxActivations> caller_amx;
+  thread_local std::vector<AmxInt8Activations> caller_amx8;
   std::vector<AmxActivations>& amx = caller_amx;
+  std::vector<AmxInt8Activations>& amx8 = caller_amx8;
   if (amx.size() < tasks.size()) amx.resize(tasks.size());
+  if (amx8.size() < tasks.size()) amx8.resize(tasks.size());
   for (size_t i = 0; i < tasks.size(); ++i) {
     const ops::MatmulTask& t = tasks[i];
+    if (use_amx_int8(t)) {
+      AmxInt8Activations* a = &amx8[i];
+      amx_int8_resize(a, t.n, t.w.cols);
+      pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
+        amx_int8_prepare(a, t.x, t.ldx, b0 * 16, std::min(t.n, b1 * 16));
+      });
+    }
     if (!use_amx(t)) continue;
     AmxActivations* a = &amx[i];
     amx_resize(a, t.n, t.w.cols);
@@ -219,7 +240,8 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       if (t.transposed) {
         matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
       } else {
-        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr);
+        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr,
+                    use_amx_int8(t) ? &amx8[i] : nullptr);
       }
     }
   });
