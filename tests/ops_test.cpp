@@ -300,6 +300,33 @@ TEST_P(CpuOps, AttentionMultiQueryAndPerHead) {
   }
 }
 
+// Scores far apart (sharp attention): most weights underflow, the largest carry the result; and
+// both ways of grouping work (four heads of a query, four queries of a head).
+TEST_P(CpuOps, AttentionWithSpreadScores) {
+  for (const int64_t kv_heads : {int64_t{1}, int64_t{4}}) {
+    ops::AttentionArgs a;
+    a.n_q = 7, a.n_kv = 40, a.n_heads = 4, a.kv_heads = kv_heads, a.dk = 24, a.dv = 20;
+    const auto q = random_vector(static_cast<size_t>(a.n_q * a.n_heads * a.dk), 41, 30.0f);
+    const auto k = random_vector(static_cast<size_t>(a.n_kv * kv_heads * a.dk), 42);
+    const auto v = random_vector(static_cast<size_t>(a.n_kv * kv_heads * a.dv), 43);
+    std::vector<int32_t> pos(static_cast<size_t>(a.n_q));
+    for (int64_t t = 0; t < a.n_q; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(33 + t);
+    a.q = q.data(), a.q_row = a.n_heads * a.dk, a.q_head = a.dk;
+    a.k = k.data(), a.k_row = kv_heads * a.dk, a.k_head = a.dk;
+    a.v = v.data(), a.v_row = kv_heads * a.dv, a.v_head = a.dv;
+    a.q_pos = pos.data();
+    a.scale = 0.2f;
+    std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o_ref(o_cpu.size());
+    a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
+    a.out = o_cpu.data();
+    cpu_.attention(a);
+    a.out = o_ref.data();
+    ref_.attention(a);
+    SCOPED_TRACE("kv_heads " + std::to_string(kv_heads));
+    expect_close(o_cpu, o_ref, 1e-5f);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, CpuOps, ::testing::ValuesIn(cpu::supported_isas()),
                          [](const auto& info) {
                            return std::string(cpu::isa_name(info.param)).substr(4);
@@ -379,6 +406,23 @@ TEST(BlockFormats, ActivationBlocksRoundToInt8) {
   const std::vector<float> zeros(32, 0.0f);
   EXPECT_EQ(ops::quantize_activation_block(zeros.data(), q), 0.0f);
   EXPECT_EQ(q[0], 0);
+}
+
+}  // namespace
+}  // namespace whale
+
+namespace whale {
+namespace {
+
+TEST(Isa, EnvironmentForcesAKernelPath) {
+  const std::vector<cpu::Isa> isas = cpu::supported_isas();
+  ASSERT_EQ(isas.front(), cpu::Isa::kPortable);
+  setenv("WHALE_ISA", "portable", 1);
+  EXPECT_EQ(cpu::best_isa(), cpu::Isa::kPortable);
+  setenv("WHALE_ISA", "no-such-isa", 1);
+  EXPECT_EQ(cpu::best_isa(), isas.back());  // with a warning
+  unsetenv("WHALE_ISA");
+  EXPECT_EQ(cpu::best_isa(), isas.back());
 }
 
 }  // namespace
