@@ -315,10 +315,13 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
   const auto per_head = static_cast<size_t>(key_blocks * 16 * a.dk);
   if (keys.size() < per_head * static_cast<size_t>(a.kv_heads))
     keys.resize(per_head * static_cast<size_t>(a.kv_heads));
-  pool_.parallel_for(a.kv_heads, [&](int64_t h0, int64_t h1) {
-    for (int64_t kh = h0; kh < h1; ++kh) {
-      transpose_keys(a.k + kh * a.k_head, a.k_row, a.n_kv, a.dk,
-                     keys.data() + per_head * static_cast<size_t>(kh));
+  // Split by blocks of 64 keys too: decode's multi-query form has a single kv head.
+  const int64_t chunks_per_head = (a.n_kv + 63) / 64;
+  pool_.parallel_for(a.kv_heads * chunks_per_head, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t kh = i / chunks_per_head, s0 = i % chunks_per_head * 64;
+      transpose_keys(a.k + kh * a.k_head + s0 * a.k_row, a.k_row, std::min<int64_t>(64, a.n_kv - s0),
+                     a.dk, keys.data() + per_head * static_cast<size_t>(kh) + s0 * a.dk);
     }
   });
   // Four (query, head) pairs that share a kv head per item: four heads of one query where
