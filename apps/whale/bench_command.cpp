@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <memory>
-#include <new>
+#include <cstdlib>
 #include <random>
 
 #include "apps/whale/commands.h"
@@ -50,7 +50,9 @@ double median(std::vector<double> v) {
 // caches with the widest loads the machine has.
 double measure_bandwidth_gbs(ThreadPool& pool, cpu::Isa isa, int reps) {
   const int64_t bytes = int64_t{1} << 30;
-  std::unique_ptr<uint64_t[]> buf(new (std::align_val_t{64}) uint64_t[bytes / 8]);
+  std::unique_ptr<uint64_t, decltype(&std::free)> buf(
+      static_cast<uint64_t*>(std::aligned_alloc(64, static_cast<size_t>(bytes))), &std::free);
+  if (!buf) return 0;
   std::fill_n(buf.get(), bytes / 8, 1);
   const int64_t slices = bytes / 4096;  // 4 KB slices keep every share 64-byte aligned
   std::vector<double> rates;
@@ -140,6 +142,9 @@ int run_bench(const BenchArgs& args) {
 
   const cpu::Isa isa = m->backend->isa();
   const double bandwidth = measure_bandwidth_gbs(*m->pool, isa, args.reps);
+  if (bandwidth <= 0) {
+    return report("bench", make_error("cannot allocate the 1 GiB buffer that measures memory bandwidth"));
+  }
   const double fma_peak = measure_peak(*m->pool, args.reps, 512.0 * 2'000'000,
                                        [&] { return cpu::fma_throughput_loop(isa, 2'000'000); });
   const double int8_peak =

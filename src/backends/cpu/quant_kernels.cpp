@@ -284,9 +284,10 @@ __attribute__((target(WHALE_AVX512_VNNI))) int32_t dot_loop_avx512(int64_t iters
     __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]),
                      "+v"(acc[5]), "+v"(acc[6]), "+v"(acc[7]));
   }
+  // Combined without scalar arithmetic: the sums wrap, which vector lanes may do.
   __m512i s = acc[0];
-  for (int j = 1; j < 8; ++j) s = _mm512_add_epi32(s, acc[j]);
-  return _mm512_reduce_add_epi32(s);
+  for (int j = 1; j < 8; ++j) s = _mm512_xor_si512(s, acc[j]);
+  return _mm_cvtsi128_si32(_mm512_castsi512_si128(s));
 }
 
 __attribute__((target(WHALE_AVX2))) int32_t dot_loop_avx2(int64_t iters) {
