@@ -4,6 +4,7 @@
 #include <random>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/quant_kernels.h"
 #include "ops/quant.h"
 #include "ops/ref/ref_backend.h"
 
@@ -413,6 +414,25 @@ TEST(BlockFormats, ActivationBlocksRoundToInt8) {
 
 namespace whale {
 namespace {
+
+// Every kernel path rounds activations to the same int8 blocks, byte for byte.
+TEST(BlockFormats, PreparedActivationsAreTheSameOnEveryPath) {
+  std::vector<float> x = random_vector(32 * 12, 77, 3.0f);
+  std::fill_n(x.begin() + 32, 32, 0.0f);  // a zero block
+  x[70] = 1e-30f;                          // a tiny value beside normal ones
+  x[100] = -250.0f;                        // an outlier
+  x[200] = 0.5f * 3.0f / 127.0f;           // ties
+  for (const auto format : {ops::WeightFormat::kQ8, ops::WeightFormat::kQ4}) {
+    const int64_t k = static_cast<int64_t>(x.size());
+    std::vector<uint8_t> want(static_cast<size_t>(cpu::prepared_layout(k).bytes));
+    cpu::prepare_quantized(x.data(), k, format, want.data(), cpu::Isa::kPortable);
+    for (const cpu::Isa isa : cpu::supported_isas()) {
+      std::vector<uint8_t> got(want.size());
+      cpu::prepare_quantized(x.data(), k, format, got.data(), isa);
+      EXPECT_EQ(got, want) << cpu::isa_name(isa);
+    }
+  }
+}
 
 TEST(Isa, EnvironmentForcesAKernelPath) {
   const std::vector<cpu::Isa> isas = cpu::supported_isas();

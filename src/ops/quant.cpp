@@ -12,8 +12,12 @@ __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 float quantize_activation_block(const float* x, int8_t* q) {
   float amax = 0;
-  for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
-  if (!std::isfinite(amax)) {  // NaN or inf in: codes 0, and a NaN scale carries it on
+  bool finite = true;
+  for (int64_t i = 0; i < kQuantBlock; ++i) {
+    amax = std::max(amax, std::fabs(x[i]));
+    finite &= std::fabs(x[i]) < INFINITY;  // false for NaN too
+  }
+  if (!finite) {  // NaN or inf in: codes 0, and a NaN scale carries it on
     std::fill_n(q, kQuantBlock, int8_t{0});
     return NAN;
   }

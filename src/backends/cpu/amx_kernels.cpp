@@ -1,5 +1,6 @@
 #include "backends/cpu/amx_kernels.h"
 
+#include "backends/cpu/quant_kernels.h"
 #include "ops/quant.h"
 
 #include <algorithm>
@@ -234,7 +235,9 @@ void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t tb = t / 16, tt = t % 16;
     for (int64_t b = 0; b < blocks; ++b) {
-      const float scale = ops::quantize_activation_block(x + t * ldx + b * ops::kQuantBlock, q);
+      int32_t sum;
+      const float scale =
+          quantize_activations(x + t * ldx + b * ops::kQuantBlock, q, &sum, Isa::kAvx512);
       int8_t* tile = a->codes.data() + (tb * blocks + b) * 512;
       // Row kk of the tile holds codes 4kk..4kk+3 of each of the 16 tokens.
       for (int kk = 0; kk < 8; ++kk) std::memcpy(tile + kk * 64 + tt * 4, q + 4 * kk, 4);

@@ -144,7 +144,7 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     if (prepared.size() < static_cast<size_t>(t.n * stride))
       prepared.resize(static_cast<size_t>(t.n * stride));
     for (int64_t i = 0; i < t.n; ++i)
-      prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride);
+      prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride, isa_);
     for (int64_t r = r0; r < r1; r += 4) {
       const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
       float sums[4];

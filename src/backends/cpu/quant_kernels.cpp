@@ -1,5 +1,6 @@
 #include "backends/cpu/quant_kernels.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "ops/quant.h"
@@ -193,6 +194,37 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
   }
 }
 
+// ops::quantize_activation_block in AVX-512, with the same arithmetic in the same order (max of
+// |x|, one division each for the scale and its inverse, multiply, clamp, round by adding and
+// removing 1.5·2^23), so the codes and scale are bit for bit the same; also returns Σ codes.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i round_codes(__m512 v, __m512 inv) {
+  v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), _mm512_set1_ps(-127.0f)),
+                    _mm512_set1_ps(127.0f));
+  const __m512 round = _mm512_set1_ps(12582912.0f);
+  return _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(v, round), round));
+}
+
+__attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x,
+                                                                       int8_t* q, int32_t* sum) {
+  const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x)), b = _mm512_abs_ps(_mm512_loadu_ps(x + 16));
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  if ((_mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(b, inf, _CMP_LT_OQ)) != 0xFFFF) {
+    std::memset(q, 0, kQuantBlock);  // as the scalar version: codes 0, a NaN scale
+    *sum = 0;
+    return NAN;
+  }
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+  const float scale = amax / 127.0f;
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  const __m512i ca = round_codes(_mm512_loadu_ps(x), inv);
+  const __m512i cb = round_codes(_mm512_loadu_ps(x + 16), inv);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(ca));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(cb));
+  // Lanes hold -127..127: the sum of 16 cannot overflow.
+  *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ca, cb));
+  return scale;
+}
+
 #define WHALE_AVX2 "avx2,fma,f16c"
 
 __attribute__((target(WHALE_AVX2))) inline float hsum256(__m256 v) {
@@ -350,7 +382,20 @@ PreparedLayout prepared_layout(int64_t k) {
   return l;
 }
 
-void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* out) {
+float quantize_activations(const float* x, int8_t* q, int32_t* sum, Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return quantize_block_avx512(x, q, sum);
+#else
+  (void)isa;
+#endif
+  const float scale = ops::quantize_activation_block(x, q);
+  int32_t s = 0;
+  for (int64_t i = 0; i < kQuantBlock; ++i) s += q[i];
+  *sum = s;
+  return scale;
+}
+
+void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* out, Isa isa) {
   const PreparedLayout l = prepared_layout(k);
   auto* codes = reinterpret_cast<int8_t*>(out + l.codes);
   auto* scales = reinterpret_cast<float*>(out + l.scales);
@@ -359,16 +404,13 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
   const int64_t blocks = k / kQuantBlock, full_groups = k / kGroup;
   int8_t q[kQuantBlock];
   for (int64_t b = 0; b < blocks; ++b) {
-    scales[b] = ops::quantize_activation_block(x + b * kQuantBlock, q);
-    int32_t sum = 0;
-    for (int8_t v : q) sum += v;
-    sums[b] = sum;
+    scales[b] = quantize_activations(x + b * kQuantBlock, q, &sums[b], isa);
     if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
       int8_t* lo = codes + (b / 4) * kGroup + (b % 4) * kHalf;
       std::memcpy(lo, q, kHalf);
       std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
       // Four VNNI lanes per block; together they subtract 8 · Σx.
-      for (int j = 0; j < 4; ++j) zero[(b / 4) * 16 + (b % 4) * 4 + j] = -2 * sum;
+      for (int j = 0; j < 4; ++j) zero[(b / 4) * 16 + (b % 4) * 4 + j] = -2 * sums[b];
     } else {
       std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
     }

@@ -21,8 +21,13 @@ struct PreparedLayout {
 };
 PreparedLayout prepared_layout(int64_t k);
 
-// out: prepared_layout(k).bytes bytes.
-void prepare_quantized(const float* x, int64_t k, ops::WeightFormat format, uint8_t* out);
+// out: prepared_layout(k).bytes bytes. The same bytes for every isa (vector code where it has
+// AVX-512).
+void prepare_quantized(const float* x, int64_t k, ops::WeightFormat format, uint8_t* out, Isa isa);
+
+// ops::quantize_activation_block, bit for bit, in vector code where the isa allows; also gives
+// Σ codes.
+float quantize_activations(const float* x, int8_t* q, int32_t* sum, Isa isa);
 
 // out[i] = row (r + i) of w times the prepared activations xp, for i < rows (1..4).
 using QuantRowsFn = void (*)(const uint8_t* xp, const ops::Matrix& w, int64_t r, int rows,
