@@ -62,6 +62,7 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       dot_(dot_kernel(isa)),
       bf16_(bf16_rows_kernel(isa)),
       axpy_(axpy_kernel(isa)),
+      axpy_bf16_(axpy_bf16_kernel(isa)),
       attention_(attention_block_kernel(isa)) {}
 
 namespace {
@@ -169,8 +170,16 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
 void CpuBackend::matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const {
   // Walks every weight row for its columns: y[:, c0:c1) = Σ_r x[:, r] · w[r, c0:c1).
   const ops::Matrix& w = t.w;
-  float* row = thread_scratch(c1 - c0);
   for (int64_t i = 0; i < t.n; ++i) std::fill(t.y + i * t.ldy + c0, t.y + i * t.ldy + c1, 0.0f);
+  if (w.format == ops::WeightFormat::kDense && w.dtype == DType::kBF16 && !w.quantized()) {
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols + c0;
+      for (int64_t i = 0; i < t.n; ++i)
+        axpy_bf16_(t.y + i * t.ldy + c0, row, t.x[i * t.ldx + r], c1 - c0);
+    }
+    return;
+  }
+  float* row = thread_scratch(c1 - c0);
   for (int64_t r = 0; r < w.rows; ++r) {
     w.dequantize_row(r, c0, c1, row);
     for (int64_t i = 0; i < t.n; ++i) axpy_(t.y + i * t.ldy + c0, row, t.x[i * t.ldx + r], c1 - c0);

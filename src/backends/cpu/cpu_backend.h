@@ -47,6 +47,7 @@ class CpuBackend final : public ops::Backend {
   float (*dot_)(const float*, const float*, int64_t);
   Bf16RowsKernel bf16_;
   void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
+  AxpyBf16Fn axpy_bf16_;
   AttentionBlockFn attention_;
 };
 

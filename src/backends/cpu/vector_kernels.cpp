@@ -28,6 +28,13 @@ namespace {
     return s;                                                     \
   }
 
+// y += alpha · bf16(w), widened in registers.
+#define WHALE_AXPY_BF16_BODY                                                            \
+  {                                                                                     \
+    for (int64_t i = 0; i < n; ++i)                                                     \
+      y[i] += alpha * std::bit_cast<float>(uint32_t{w[i]} << 16);                       \
+  }
+
 #define WHALE_AXPY_BODY                                   \
   {                                                       \
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i]; \
@@ -36,16 +43,21 @@ namespace {
 // clang-format off
 float dot_portable(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
 void axpy_portable(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
+void axpy_bf16_portable(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma")))
 float dot_avx2(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
 __attribute__((target("avx2,fma")))
 void axpy_avx2(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
+__attribute__((target("avx2,fma")))
+void axpy_bf16_avx2(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 __attribute__((target("avx512f,fma")))
 float dot_avx512(const float* a, const float* b, int64_t n) WHALE_DOT_BODY
 __attribute__((target("avx512f,fma")))
 void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BODY
+__attribute__((target("avx512f,fma")))
+void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 #endif
 // clang-format on
 
@@ -388,6 +400,14 @@ DotFn dot_kernel(Isa isa) {
   if (isa == Isa::kAvx2) return dot_avx2;
 #endif
   return dot_portable;
+}
+
+AxpyBf16Fn axpy_bf16_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return axpy_bf16_avx512;
+  if (isa == Isa::kAvx2) return axpy_bf16_avx2;
+#endif
+  return axpy_bf16_portable;
 }
 
 AxpyFn axpy_kernel(Isa isa) {

@@ -33,6 +33,9 @@ uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n);
 // throughput, the ceiling of f32 matmul kernels on one core.
 float fma_throughput_loop(Isa isa, int64_t iters);
 AxpyFn axpy_kernel(Isa isa);
+// y[i] += alpha · bf16(w[i]) (w at any 2-byte alignment).
+using AxpyBf16Fn = void (*)(float*, const uint16_t*, float, int64_t);
+AxpyBf16Fn axpy_bf16_kernel(Isa isa);
 
 // Keys of one kv head in blocks of 16, transposed: block b holds [dk][16] (key b·16 + j in lane
 // j; keys past n_kv are zero), so that scores come out 16 keys to a vector with no reductions.
