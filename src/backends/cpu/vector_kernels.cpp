@@ -255,15 +255,26 @@ constexpr int kQ = AttentionBlock::kMaxQueries;
 // (four independent accumulator chains; each key vector is loaded once for all four).
 WHALE_INLINE void score_block(const float* const* q, const float* kt, int64_t dk, float scale,
                               float* const* out) {
-  float acc[kQ][16] = {};
-  for (int64_t d = 0; d < dk; ++d) {
+  // Even and odd dimensions in separate accumulators: eight independent chains keep both FMA
+  // units busy (four would wait on each FMA's latency).
+  float acc[2][kQ][16] = {};
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    for (int e = 0; e < 2; ++e) {
+      for (int i = 0; i < kQ; ++i) {
+        const float qd = q[i][d + e];
+        for (int j = 0; j < 16; ++j) acc[e][i][j] += qd * kt[(d + e) * 16 + j];
+      }
+    }
+  }
+  for (; d < dk; ++d) {
     for (int i = 0; i < kQ; ++i) {
       const float qd = q[i][d];
-      for (int j = 0; j < 16; ++j) acc[i][j] += qd * kt[d * 16 + j];
+      for (int j = 0; j < 16; ++j) acc[0][i][j] += qd * kt[d * 16 + j];
     }
   }
   for (int i = 0; i < kQ; ++i) {
-    for (int j = 0; j < 16; ++j) out[i][j] = acc[i][j] * scale;
+    for (int j = 0; j < 16; ++j) out[i][j] = (acc[0][i][j] + acc[1][i][j]) * scale;
   }
 }
 
