@@ -330,7 +330,7 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t kh = i / chunks_per_head, s0 = i % chunks_per_head * 64;
       transpose_keys(a.k + kh * a.k_head + s0 * a.k_row, a.k_row, std::min<int64_t>(64, a.n_kv - s0),
-                     a.dk, keys.data() + per_head * static_cast<size_t>(kh) + s0 * a.dk);
+                     a.dk, keys.data() + per_head * static_cast<size_t>(kh) + s0 * a.dk, isa_);
     }
   });
   // Four (query, head) pairs that share a kv head per item: four heads of one query where

@@ -311,6 +311,9 @@ WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
 
 // A block of fewer than four queries runs as four: the missing ones repeat the first query and
 // write into scratch rows that are thrown away.
+using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float, float* const*);
+
+template <ScoreBlockFn Score>
 WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   int64_t most = 0;
   for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
@@ -328,7 +331,7 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   for (int64_t blk = 0; blk < blocks; ++blk) {
     float* at[kQ];
     for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
-    score_block(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
+    Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
   }
   for (int i = 0; i < kQ; ++i) softmax_row(rows[i], i < b.n_q ? b.visible[i] : 0, width);
   const float* p[kQ] = {rows[0], rows[1], rows[2], rows[3]};
@@ -338,13 +341,61 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   for (; c < b.dv; ++c) weigh_values<1>(p, most, b.v, b.v_row, out, c);
 }
 
-void attention_portable(const AttentionBlock& b) { attention_block_body(b); }
+void score_block_generic(const float* const* q, const float* kt, int64_t dk, float scale,
+                         float* const* out) {
+  score_block(q, kt, dk, scale, out);
+}
+
+void attention_portable(const AttentionBlock& b) { attention_block_body<score_block_generic>(b); }
 #if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void score_block_avx2(const float* const* q, const float* kt,
+                                                          int64_t dk, float scale,
+                                                          float* const* out) {
+  score_block(q, kt, dk, scale, out);
+}
 __attribute__((target("avx2,fma"))) void attention_avx2(const AttentionBlock& b) {
-  attention_block_body(b);
+  attention_block_body<score_block_avx2>(b);
+}
+
+// The scores in intrinsics: the compiler kept the generic version's accumulators on the stack.
+__attribute__((target("avx512f,fma"))) void score_block_avx512(const float* const* q,
+                                                               const float* kt, int64_t dk,
+                                                               float scale, float* const* out) {
+  __m512 even[kQ], odd[kQ];
+  for (int i = 0; i < kQ; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * 16), k1 = _mm512_loadu_ps(kt + (d + 1) * 16);
+    for (int i = 0; i < kQ; ++i) {
+      even[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, even[i]);
+      odd[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d + 1]), k1, odd[i]);
+    }
+  }
+  for (; d < dk; ++d) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * 16);
+    for (int i = 0; i < kQ; ++i) even[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, even[i]);
+  }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int i = 0; i < kQ; ++i) _mm512_storeu_ps(out[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), s));
 }
 __attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
-  attention_block_body(b);
+  attention_block_body<score_block_avx512>(b);
+}
+
+// transpose_keys with gathers: one 16-key column per instruction.
+__attribute__((target("avx512f"))) void transpose_keys_avx512(const float* k, int64_t k_row,
+                                                              int64_t n_kv, int64_t dk, float* out) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(static_cast<int32_t>(k_row)));
+  for (int64_t blk = 0; blk * 16 < n_kv; ++blk) {
+    const int64_t here = std::min<int64_t>(16, n_kv - blk * 16);
+    const __mmask16 live = static_cast<__mmask16>((1u << here) - 1);
+    const float* base = k + blk * 16 * k_row;
+    float* dst = out + blk * dk * 16;
+    for (int64_t d = 0; d < dk; ++d) {
+      _mm512_storeu_ps(dst + d * 16, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, base + d, 4));
+    }
+  }
 }
 #endif
 
@@ -358,7 +409,12 @@ float fma_throughput_loop(Isa isa, int64_t iters) {
   return fma_portable(iters);
 }
 
-void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out) {
+void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out, Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return transpose_keys_avx512(k, k_row, n_kv, dk, out);
+#else
+  (void)isa;
+#endif
   const int64_t blocks = (n_kv + 15) / 16;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     float* dst = out + blk * dk * 16;

@@ -39,7 +39,7 @@ AxpyBf16Fn axpy_bf16_kernel(Isa isa);
 
 // Keys of one kv head in blocks of 16, transposed: block b holds [dk][16] (key b·16 + j in lane
 // j; keys past n_kv are zero), so that scores come out 16 keys to a vector with no reductions.
-void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out);
+void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out, Isa isa);
 
 // Causal attention of up to kMaxQueries queries that share a kv head (one sequence):
 //   out[q] = Σ_s softmax_s(scale · q·k_s) v_s over keys s < visible[q].
