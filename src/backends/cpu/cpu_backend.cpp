@@ -333,9 +333,8 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
                      a.dk, keys.data() + per_head * static_cast<size_t>(kh) + s0 * a.dk, isa_);
     }
   });
-  // Four (query, head) pairs that share a kv head per item: four heads of one query where
-  // many heads share a kv head (absorbed MLA's multi-query form, decode's case), else four
-  // queries of one head.
+  // kQ (query, head) pairs that share a kv head per item: heads of one query where many heads
+  // share a kv head (absorbed MLA's multi-query form, decode's case), else queries of one head.
   constexpr int64_t kQ = AttentionBlock::kMaxQueries;
   const bool by_heads = group >= kQ;
   const int64_t per_item_blocks = by_heads ? (group + kQ - 1) / kQ : (a.n_q + kQ - 1) / kQ;

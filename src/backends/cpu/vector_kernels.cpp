@@ -251,12 +251,12 @@ inline float exp_nonpositive(float x) {
 
 constexpr int kQ = AttentionBlock::kMaxQueries;
 
-// scores[q][j] = scale · q·k_j for the 16 keys of one transposed block, four queries at once
-// (four independent accumulator chains; each key vector is loaded once for all four).
+// scores[q][j] = scale · q·k_j for the 16 keys of one transposed block, kQ queries at once
+// (each key vector is loaded once for all of them).
 WHALE_INLINE void score_block(const float* const* q, const float* kt, int64_t dk, float scale,
                               float* const* out) {
-  // Even and odd dimensions in separate accumulators: eight independent chains keep both FMA
-  // units busy (four would wait on each FMA's latency).
+  // Even and odd dimensions in separate accumulators: independent chains keep both FMA units
+  // busy.
   float acc[2][kQ][16] = {};
   int64_t d = 0;
   for (; d + 2 <= dk; d += 2) {
@@ -278,7 +278,7 @@ WHALE_INLINE void score_block(const float* const* q, const float* kt, int64_t dk
   }
 }
 
-// o[q][0, W) = Σ_j p[q][j] · v_j[0, W) over keys j < n, four queries at once.
+// o[q][at, at + W) = Σ_j p[q][j] · v_j[at, at + W) over keys j < n, kQ queries at once.
 template <int W>
 WHALE_INLINE void weigh_values(const float* const* p, int64_t n, const float* v, int64_t v_row,
                                float* const* o, int64_t at) {
@@ -309,7 +309,7 @@ WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
   for (int64_t j = n; j < width; ++j) s[j] = 0.0f;
 }
 
-// A block of fewer than four queries runs as four: the missing ones repeat the first query and
+// A block of fewer than kQ queries runs as kQ: the missing ones repeat the first query and
 // write into scratch rows that are thrown away.
 using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float, float* const*);
 
@@ -334,9 +334,11 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
     Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
   }
   for (int i = 0; i < kQ; ++i) softmax_row(rows[i], i < b.n_q ? b.visible[i] : 0, width);
-  const float* p[kQ] = {rows[0], rows[1], rows[2], rows[3]};
+  const float* p[kQ];
+  for (int i = 0; i < kQ; ++i) p[i] = rows[i];
+  // kQ · 32 accumulators: 16 vector registers on AVX-512.
   int64_t c = 0;
-  for (; c + 64 <= b.dv; c += 64) weigh_values<64>(p, most, b.v, b.v_row, out, c);
+  for (; c + 32 <= b.dv; c += 32) weigh_values<32>(p, most, b.v, b.v_row, out, c);
   for (; c + 16 <= b.dv; c += 16) weigh_values<16>(p, most, b.v, b.v_row, out, c);
   for (; c < b.dv; ++c) weigh_values<1>(p, most, b.v, b.v_row, out, c);
 }

@@ -44,7 +44,7 @@ void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, flo
 // Causal attention of up to kMaxQueries queries that share a kv head (one sequence):
 //   out[q] = Σ_s softmax_s(scale · q·k_s) v_s over keys s < visible[q].
 struct AttentionBlock {
-  static constexpr int kMaxQueries = 4;
+  static constexpr int kMaxQueries = 8;
   int n_q = 0;
   const float* q[kMaxQueries] = {};
   float* out[kMaxQueries] = {};
