@@ -1,16 +1,13 @@
 #include "backends/cpu/amx_kernels.h"
 
-#include "backends/cpu/quant_kernels.h"
-#include "ops/quant.h"
-
 #include <algorithm>
 #include <cstring>
 
+#include "backends/cpu/quant_kernels.h"
+#include "backends/cpu/simd.h"
+#include "ops/quant.h"
+
 #if defined(__x86_64__) && defined(__linux__)
-// GCC 12's AVX-512 intrinsics start from an undefined vector and trip these.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #define WHALE_HAVE_AMX 1

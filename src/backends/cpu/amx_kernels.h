@@ -14,8 +14,7 @@ namespace whale::cpu {
 // Whether the CPU has AMX-BF16 and the kernel lets this process use the tile state.
 bool amx_usable();
 
-// Tokens per tile column block, and the fewest tokens for which the tile path pays.
-constexpr int64_t kAmxTokens = 16;
+// The fewest tokens for which the tile path pays (a tile holds 16).
 constexpr int64_t kAmxMinTokens = 16;
 
 // Activations of n tokens × k columns (k a multiple of 32) in the tile layout: for every block of

@@ -3,14 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "backends/cpu/simd.h"
 #include "ops/quant.h"
-
-#if defined(__x86_64__)
-// GCC 12's AVX-512 reduction intrinsics start from an undefined vector and trip these.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#endif
 
 namespace whale::cpu {
 namespace {
@@ -105,6 +99,19 @@ void q4_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, f
 
 #define WHALE_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"
 
+// The codes and f16 scales of rows r..r+R-1.
+template <int R>
+struct RowPointers {
+  const uint8_t* data[R];
+  const uint16_t* scales[R];
+  RowPointers(const Matrix& w, int64_t r) {
+    for (int i = 0; i < R; ++i) {
+      data[i] = row_data(w, r + i);
+      scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
+    }
+  }
+};
+
 // Per group of 128 columns and row: 64 bytes of nibbles, unpacked into the low nibbles
 // (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i),
 // multiplied by activations prepared in that order. VNNI lane l then holds block l / 4, so the
@@ -115,14 +122,11 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
                                                                int64_t r, float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
-  const uint8_t* rows[R];
-  const uint16_t* scales[R];
+  const RowPointers<R> p(w, r);
+  const uint8_t* const* rows = p.data;
+  const uint16_t* const* scales = p.scales;
   __m512 acc[R];
-  for (int i = 0; i < R; ++i) {
-    rows[i] = row_data(w, r + i);
-    scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
-    acc[i] = _mm512_setzero_ps();
-  }
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   for (int64_t g = 0; g < groups; ++g) {
@@ -155,14 +159,11 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
                                                                int64_t r, float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
-  const uint8_t* rows[R];
-  const uint16_t* scales[R];
+  const RowPointers<R> p(w, r);
+  const uint8_t* const* rows = p.data;
+  const uint16_t* const* scales = p.scales;
   __m512 acc[R];
-  for (int i = 0; i < R; ++i) {
-    rows[i] = row_data(w, r + i);
-    scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
-    acc[i] = _mm512_setzero_ps();
-  }
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
   const __m512i zero = _mm512_setzero_si512();

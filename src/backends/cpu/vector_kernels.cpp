@@ -4,12 +4,7 @@
 #include <bit>
 #include <cmath>
 
-#if defined(__x86_64__)
-// GCC 12's AVX-512 reduction intrinsics start from an undefined vector and trip these.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#endif
+#include "backends/cpu/simd.h"
 
 namespace whale::cpu {
 namespace {
