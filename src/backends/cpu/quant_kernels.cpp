@@ -132,7 +132,7 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   for (int64_t g = 0; g < groups; ++g) {
     const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);
     const __m512i xhi = _mm512_loadu_si512(x.codes + g * kGroup + 64);
-    const __m512i zero = _mm512_loadu_si512(x.zero + g * 16);
+    const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);
     const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * 64 + kPrefetch), _MM_HINT_T0);
@@ -153,7 +153,8 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   }
 }
 
-// int8 × int8 with VNNI (unsigned × signed): |w| times x with w's sign moved onto x.
+// int8 × int8 with VNNI (unsigned × signed): w + 128 (w with its top bit flipped) times x, the
+// sums started from the prepared −128 · Σx so that they come out as Σ w·x.
 template <int R>
 __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp, const Matrix& w,
                                                                int64_t r, float* out) {
@@ -166,10 +167,12 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-  const __m512i zero = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t g = 0; g < groups; ++g) {
     const __m512i x0 = _mm512_loadu_si512(x.codes + g * kGroup);
     const __m512i x1 = _mm512_loadu_si512(x.codes + g * kGroup + 64);
+    const __m512i z0 = _mm512_loadu_si512(x.zero + g * 32);
+    const __m512i z1 = _mm512_loadu_si512(x.zero + g * 32 + 16);
     const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T0);
@@ -177,10 +180,8 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
                    _MM_HINT_T0);
       const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);
       const __m512i v1 = _mm512_loadu_si512(rows[i] + g * kGroup + 64);
-      const __m512i d0 = _mm512_dpbusd_epi32(
-          zero, _mm512_abs_epi8(v0), _mm512_mask_sub_epi8(x0, _mm512_movepi8_mask(v0), zero, x0));
-      const __m512i d1 = _mm512_dpbusd_epi32(
-          zero, _mm512_abs_epi8(v1), _mm512_mask_sub_epi8(x1, _mm512_movepi8_mask(v1), zero, x1));
+      const __m512i d0 = _mm512_dpbusd_epi32(z0, _mm512_xor_si512(v0, flip), x0);
+      const __m512i d1 = _mm512_dpbusd_epi32(z1, _mm512_xor_si512(v1, flip), x1);
       const __m128 ws = _mm_cvtph_ps(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
       const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, xs));
@@ -379,7 +380,7 @@ PreparedLayout prepared_layout(int64_t k) {
   l.scales = align64(k);
   l.sums = l.scales + align64(blocks * 4);
   l.zero = l.sums + align64(blocks * 4);
-  l.bytes = l.zero + align64(k / kGroup * 16 * 4);
+  l.bytes = l.zero + align64(k / kGroup * 32 * 4);
   return l;
 }
 
@@ -411,9 +412,13 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
       std::memcpy(lo, q, kHalf);
       std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
       // Four VNNI lanes per block; together they subtract 8 · Σx.
-      for (int j = 0; j < 4; ++j) zero[(b / 4) * 16 + (b % 4) * 4 + j] = -2 * sums[b];
+      for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -2 * sums[b];
     } else {
       std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
+      // kQ8 reads w + 128 as unsigned: eight VNNI lanes per block together subtract 128 · Σx.
+      if (format == WeightFormat::kQ8 && b / 4 < full_groups) {
+        for (int j = 0; j < 8; ++j) zero[(b / 4) * 32 + (b % 4) * 8 + j] = -16 * sums[b];
+      }
     }
   }
 }

@@ -16,7 +16,8 @@ struct PreparedLayout {
                        // columns is ordered as the kernels unpack nibbles (see quant_kernels.cpp)
   int64_t scales = 0;  // f32 [k / 32]
   int64_t sums = 0;    // int32 [k / 32]: Σ codes of each block
-  int64_t zero = 0;    // int32 [k / 128 · 16]: kQ4's zero-point correction per VNNI lane
+  int64_t zero = 0;    // int32 [k / 128][32]: the zero-point correction per VNNI lane of each
+                       // full group (kQ4: 16 lanes; kQ8: 2 × 16, see quant_kernels.cpp)
   int64_t bytes = 0;   // total
 };
 PreparedLayout prepared_layout(int64_t k);
