@@ -32,7 +32,9 @@ std::vector<Isa> supported_isas() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(Isa::kAvx2);
-  if (__builtin_cpu_supports("avx512f")) {
+  // AVX-512 F and BW (every AVX-512 server CPU since Skylake has both; the kernels use BW's byte
+  // operations).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) {
     out.push_back(Isa::kAvx512);
     if (amx_usable()) out.push_back(Isa::kAmx);
   }
