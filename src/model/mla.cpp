@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/uninit_vector.h"
+
 namespace whale::model {
 namespace {
 
-using Buffer = std::vector<float>;
+// Every buffer below is written whole by a product or a copy before it is read.
+using Buffer = UninitVector<float>;
 
-Buffer zeros(int64_t n) { return Buffer(static_cast<size_t>(n), 0.0f); }
+Buffer uninit(int64_t n) { return Buffer(static_cast<size_t>(n)); }
 
 }  // namespace
 
@@ -40,10 +43,10 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
 
   // Queries of every row: [n, H, nope + rope].
   // The two down-projections of x, as one job: c_q (or the full queries) and c_kv.
-  Buffer q = zeros(n * H * dq);
-  Buffer kv = zeros(n * width);  // [n, kv_lora + rope]
+  Buffer q = uninit(n * H * dq);
+  Buffer kv = uninit(n * width);  // [n, kv_lora + rope]
   const int64_t ql = c.q_lora_rank.value_or(0);
-  Buffer cq = zeros(n * ql);  // [n, q_lora]
+  Buffer cq = uninit(n * ql);  // [n, q_lora]
   const ops::MatmulTask down[] = {
       c.q_lora_rank ? ops::MatmulTask{cq.data(), ql, x, d, n, w.q_a}
                     : ops::MatmulTask{q.data(), H * dq, x, d, n, w.q_proj},
@@ -67,7 +70,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
              ctx.rope.amplitude);
   }
 
-  Buffer o = zeros(n * H * dv);  // [n, H, v]
+  Buffer o = uninit(n * H * dv);  // [n, H, v]
   auto attention_base = [&](const MlaSequence& s) {
     ops::AttentionArgs a;
     a.n_q = s.n;
@@ -81,7 +84,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   if (form == AttentionForm::kAuto) form = choose_attention_form(c, sequences);
   if (form == AttentionForm::kAbsorbed) {
     // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
-    Buffer q_abs = zeros(n * H * width);
+    Buffer q_abs = uninit(n * H * width);
     std::vector<ops::MatmulTask> heads(static_cast<size_t>(H));
     for (int64_t h = 0; h < H; ++h) {
       const Matrix w_uk = w.kv_b.row_slice(h * (nope + dv), nope);  // [nope, kv_lora]
@@ -96,7 +99,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
       }
     }
     // One shared key [c ; k_rope] and value c per cached token.
-    Buffer o_lat = zeros(n * H * lat);  // [n, H, kv_lora]
+    Buffer o_lat = uninit(n * H * lat);  // [n, H, kv_lora]
     for (const MlaSequence& s : sequences) {
       ops::AttentionArgs a = attention_base(s);
       a.kv_heads = 1;
@@ -118,9 +121,9 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
     for (const MlaSequence& s : sequences) {
       // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
       const int64_t n_kv = s.n_past + s.n;
-      Buffer kvx = zeros(n_kv * H * (nope + dv));
+      Buffer kvx = uninit(n_kv * H * (nope + dv));
       ops.matmul(kvx.data(), H * (nope + dv), s.cache, width, n_kv, w.kv_b);
-      Buffer k = zeros(n_kv * H * dq);  // [n_kv, H, nope + rope]
+      Buffer k = uninit(n_kv * H * dq);  // [n_kv, H, nope + rope]
       for (int64_t t = 0; t < n_kv; ++t) {
         for (int64_t h = 0; h < H; ++h) {
           float* dst = k.data() + (t * H + h) * dq;

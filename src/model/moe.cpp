@@ -6,6 +6,8 @@
 #include <numeric>
 #include <vector>
 
+#include "core/uninit_vector.h"
+
 namespace whale::model {
 namespace {
 
@@ -42,7 +44,7 @@ void keep_best_groups(const ModelConfig& c, std::vector<float>* choice, GroupSco
 void ffn_forward(const ops::Backend& ops, const FfnWeights& w, const float* x, int64_t n,
                  float* out) {
   const int64_t d = w.gate.cols, width = w.gate.rows;
-  std::vector<float> gate(static_cast<size_t>(n * width)), up(gate.size());  // [n, width]
+  UninitVector<float> gate(static_cast<size_t>(n * width)), up(gate.size());  // [n, width]
   ops.matmul(gate.data(), width, x, d, n, w.gate);
   ops.matmul(up.data(), width, x, d, n, w.up);
   ops.swiglu(gate.data(), width, gate.data(), up.data(), width, n, width);
@@ -140,10 +142,11 @@ void moe_forward(const ops::Backend& ops, const ModelConfig& c, const MoeWeights
     runs.push_back({&w.experts[static_cast<size_t>(ex)], total, m});
     total += m;
   }
-  std::vector<float> xs(static_cast<size_t>(total * d)), ys(xs.size());  // [total, d]
+  // Written whole before they are read (gate/up only in each run's own width).
+  UninitVector<float> xs(static_cast<size_t>(total * d)), ys(xs.size());  // [total, d]
   int64_t width = 0;
   for (const Run& r : runs) width = std::max(width, r.w->gate.rows);
-  std::vector<float> gate(static_cast<size_t>(total * width)), up(gate.size());
+  UninitVector<float> gate(static_cast<size_t>(total * width)), up(gate.size());
   if (c.n_shared_experts > 0) std::copy_n(x, n * d, xs.data());
   for (int64_t ex = 0, row = c.n_shared_experts > 0 ? n : 0; ex < e; ++ex) {
     for (const int64_t slot : rows_of[static_cast<size_t>(ex)])
