@@ -33,9 +33,11 @@ bool spin_until(Pred pred, int spins) {
 }
 
 // Long enough to bridge the gaps between the ops of one forward pass, short enough that an
-// idle server does not keep a core busy.
+// idle server does not keep a core busy. With more threads than cores, spinning would take
+// the cores from the threads doing the work: then they barely spin at all.
 constexpr int kWorkerSpins = 1 << 15;
 constexpr int kCallerSpins = 1 << 20;
+constexpr int kOversubscribedSpins = 64;
 
 }  // namespace
 
@@ -46,6 +48,9 @@ int available_cores() {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : available_cores()) {
+  const bool oversubscribed = n_threads_ > available_cores();
+  worker_spins_ = oversubscribed ? kOversubscribedSpins : kWorkerSpins;
+  caller_spins_ = oversubscribed ? kOversubscribedSpins : kCallerSpins;
   for (int i = 1; i < n_threads_; ++i) {
     try {
       workers_.emplace_back([this, i] { worker_loop(i); });
@@ -82,7 +87,7 @@ void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
     if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; },
-                    kWorkerSpins)) {
+                    worker_spins_)) {
       generation_.wait(seen, std::memory_order_acquire);
       continue;  // woken, perhaps spuriously: look again
     }
@@ -110,7 +115,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
   run_chunk(0);
-  if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; }, kCallerSpins)) {
+  if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; }, caller_spins_)) {
     for (int left = pending_.load(std::memory_order_acquire); left != 0;
          left = pending_.load(std::memory_order_acquire)) {
       pending_.wait(left, std::memory_order_acquire);

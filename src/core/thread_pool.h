@@ -36,6 +36,8 @@ class ThreadPool {
   void run_chunk(int index);
 
   int n_threads_;
+  int worker_spins_ = 0;  // pauses before a worker sleeps, or the caller waits on a futex
+  int caller_spins_ = 0;
   std::vector<std::thread> workers_;
   // Bumped once per job (and once at shutdown); workers wait for it to change.
   std::atomic<uint64_t> generation_{0};
