@@ -5,11 +5,6 @@
 
 namespace whale::ops {
 
-// Runs for every block of every token of a quantized product: compiled for each instruction set
-// and picked when the program loads (the arithmetic, and so the result, is the same in each).
-#if defined(__x86_64__) && defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
 float quantize_activation_block(const float* x, int8_t* q) {
   float amax = 0;
   bool finite = true;

@@ -5,6 +5,7 @@
 
 #include "backends/cpu/quant_kernels.h"
 #include "backends/cpu/simd.h"
+#include "core/dtype.h"
 #include "ops/quant.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -56,21 +57,6 @@ __attribute__((target("amx-tile"))) void configure_tiles(TileLayout layout) {
   current = layout;
 }
 
-inline uint32_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40;  // NaN stays NaN
-  u += 0x7FFFu + ((u >> 16) & 1u);                                // nearest, ties to even
-  return u >> 16;
-}
-
-inline float bf16_value(uint32_t b) {
-  const uint32_t u = b << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 // The tile holds [weight row][token]; y is [token][row]: transposed in registers and written a
 // token's 16 rows (one cache line) at a time, for the first n tokens.
 __attribute__((target("avx512f"))) void store_transposed(const float (*tile)[16], int64_t n,
@@ -88,7 +74,8 @@ bool amx_usable() {
   static const bool usable = [] {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
-        !__builtin_cpu_supports("amx-int8") || !__builtin_cpu_supports("avx512f")) {
+        !__builtin_cpu_supports("amx-int8") || !__builtin_cpu_supports("avx512f") ||
+        !__builtin_cpu_supports("avx512bw")) {
       return false;
     }
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
@@ -106,8 +93,9 @@ void amx_resize(AmxActivations* a, int64_t n, int64_t k) {
 
 // bf16 bits of x, rounded to nearest even (NaN kept NaN), and of what rounding left over.
 inline void split_bf16(float x, uint32_t* hi, uint32_t* lo) {
-  *hi = bf16_bits(x);
-  *lo = bf16_bits(x - bf16_value(*hi));
+  const uint16_t h = f32_to_bf16(x);
+  *hi = h;
+  *lo = f32_to_bf16(x - bf16_to_f32(h));
 }
 
 __attribute__((target("avx512f"))) void amx_prepare(AmxActivations* a, const float* x,

@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "backends/cpu/amx_kernels.h"
-
 #include "backends/cpu/quant_kernels.h"
 #include "backends/cpu/vector_kernels.h"
 
@@ -69,7 +68,7 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
 
 namespace {
 
-// A buffer per thread that only grows: the decode path allocates nothing once warm.
+// A buffer per thread that only grows: once warm, it allocates nothing.
 float* thread_scratch(int64_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
@@ -105,16 +104,11 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
 void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
                              const AmxActivations* amx, const AmxInt8Activations* amx8) const {
   const ops::Matrix& w = t.w;
-  if (amx8) {
-    const int64_t tiled = (r1 - r0) / 16 * 16;
-    if (tiled > 0) amx_int8_matmul_rows(*amx8, w, r0, r0 + tiled, t.y, t.ldy);
-    r0 += tiled;
-    if (r0 == r1) return;
-  }
-  if (amx) {
+  if (amx || amx8) {
     // Whole 16-row tiles on AMX; the few rows left over below.
     const int64_t tiled = (r1 - r0) / 16 * 16;
-    if (tiled > 0) amx_matmul_rows(*amx, w, r0, r0 + tiled, t.y, t.ldy);
+    if (tiled > 0 && amx8) amx_int8_matmul_rows(*amx8, w, r0, r0 + tiled, t.y, t.ldy);
+    if (tiled > 0 && amx) amx_matmul_rows(*amx, w, r0, r0 + tiled, t.y, t.ldy);
     r0 += tiled;
     if (r0 == r1) return;
   }
@@ -200,31 +194,32 @@ bool CpuBackend::use_amx_int8(const ops::MatmulTask& t) const {
 }
 
 void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
-  // Products of many tokens with bf16 weights go to AMX tiles: their activations are put in
-  // tile order first, all threads sharing the work.
-  // The caller's buffers (the lambdas below run on other threads, with thread_locals of their
-  // own, so they must see this one through a reference).
+  // Products of many tokens go to AMX tiles (bf16 weights, or the block formats): their
+  // activations are put in tile order first, all threads sharing the work by blocks of 16
+  // tokens. The buffers are the caller's: the lambdas run on other threads, whose
+  // thread_locals are their own, so they see these through references.
   thread_local std::vector<AmxActivations> caller_amx;
   thread_local std::vector<AmxInt8Activations> caller_amx8;
   std::vector<AmxActivations>& amx = caller_amx;
   std::vector<AmxInt8Activations>& amx8 = caller_amx8;
   if (amx.size() < tasks.size()) amx.resize(tasks.size());
   if (amx8.size() < tasks.size()) amx8.resize(tasks.size());
+  auto by_token_blocks = [&](const ops::MatmulTask& t, auto&& prepare) {
+    pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
+      prepare(b0 * 16, std::min(t.n, b1 * 16));
+    });
+  };
   for (size_t i = 0; i < tasks.size(); ++i) {
     const ops::MatmulTask& t = tasks[i];
     if (use_amx_int8(t)) {
       AmxInt8Activations* a = &amx8[i];
       amx_int8_resize(a, t.n, t.w.cols);
-      pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
-        amx_int8_prepare(a, t.x, t.ldx, b0 * 16, std::min(t.n, b1 * 16));
-      });
+      by_token_blocks(t, [&](int64_t t0, int64_t t1) { amx_int8_prepare(a, t.x, t.ldx, t0, t1); });
+    } else if (use_amx(t)) {
+      AmxActivations* a = &amx[i];
+      amx_resize(a, t.n, t.w.cols);
+      by_token_blocks(t, [&](int64_t t0, int64_t t1) { amx_prepare(a, t.x, t.ldx, t0, t1); });
     }
-    if (!use_amx(t)) continue;
-    AmxActivations* a = &amx[i];
-    amx_resize(a, t.n, t.w.cols);
-    pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
-      amx_prepare(a, t.x, t.ldx, b0 * 16, std::min(t.n, b1 * 16));
-    });
   }
   // Every unit of work (a weight row, or a block of output columns of a transposed product) is
   // weighted by the elements it reads, and each thread takes an equal share of the total: one
@@ -317,8 +312,8 @@ void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* u
 }
 
 void CpuBackend::attention(const ops::AttentionArgs& a) const {
-  // Keys transposed once per kv head, then blocks of queries of one head each; the caller's
-  // buffer is reached through a reference (the workers' thread_locals are their own).
+  // Keys transposed once per kv head, then items of (query, head) pairs; the caller's buffer
+  // is reached through a reference (the workers' thread_locals are their own).
   const int64_t group = a.n_heads / a.kv_heads;
   const int64_t key_blocks = (a.n_kv + 15) / 16;
   thread_local std::vector<float> caller_keys;

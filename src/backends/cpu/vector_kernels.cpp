@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "backends/cpu/simd.h"
+#include "core/dtype.h"
 
 namespace whale::cpu {
 namespace {
@@ -83,7 +84,6 @@ void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE
 // a 2-core Sapphire Rapids, no prefetch streams at ~19 GB/s, this distance at ~25 of ~27.
 constexpr int64_t kBf16Prefetch = 4096;
 
-inline float bf16_value(uint16_t b) { return std::bit_cast<float>(uint32_t{b} << 16); }
 
 void prepare_bf16_portable(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
 
@@ -94,11 +94,11 @@ void dot_bf16_rows_portable(const float* xp, const uint16_t* w, int64_t ld, int 
     float acc[16] = {};
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-      for (int j = 0; j < 16; ++j) acc[j] += xp[i + j] * bf16_value(b[i + j]);
+      for (int j = 0; j < 16; ++j) acc[j] += xp[i + j] * bf16_to_f32(b[i + j]);
     }
     float s = 0;
     for (int j = 0; j < 16; ++j) s += acc[j];
-    for (; i < n; ++i) s += xp[i] * bf16_value(b[i]);
+    for (; i < n; ++i) s += xp[i] * bf16_to_f32(b[i]);
     out[r] = s;
   }
 }
@@ -139,7 +139,7 @@ __attribute__((target("avx512f,fma"))) void bf16_rows_avx512(const float* xp, co
   }
   for (int r = 0; r < R; ++r) {
     float s = _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r]));
-    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_value(w[r * ld + j]);
+    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_to_f32(w[r * ld + j]);
     out[r] = s;
   }
 }
@@ -166,7 +166,7 @@ __attribute__((target("avx2,fma"))) void bf16_rows_avx2(const float* xp, const u
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     float s = _mm_cvtss_f32(q);
-    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_value(w[r * ld + j]);
+    for (int64_t j = i; j < n; ++j) s += xp[j] * bf16_to_f32(w[r * ld + j]);
     out[r] = s;
   }
 }
