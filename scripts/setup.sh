@@ -4,6 +4,7 @@ set -euo pipefail
 packages=(
   g++ cmake ninja-build            # C++20 toolchain
   nlohmann-json3-dev               # config.json, safetensors headers, tokenizer.json
+  libopenblas-dev                  # matrix products of the trainer
   libcli11-dev                     # the whale command line
   libcpp-httplib-dev pkg-config    # whale serve
   libgtest-dev libgmock-dev        # tests
