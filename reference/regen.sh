@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Regenerate every golden file from HF transformers / tokenizers:
-#   bash reference/regen.sh                      model fixtures (tests/fixtures/) + tokenizer goldens (tests/data/tokenizer/)
+#   bash reference/regen.sh                      model fixtures (tests/fixtures/) + training golden
+#                                                (tests/fixtures/train_tiny/) + tokenizer goldens (tests/data/tokenizer/)
 #   bash reference/regen.sh --only NAME ...      just these model fixtures (make_fixtures.py)
 #   bash reference/regen.sh --tokenizer [ARGS]   just the tokenizer goldens; ARGS go to make_tokenizer_golden.py
 #                                                (e.g. --templates DIR, --only corpus v3 v4 chat)
 # Creates reference/.venv on first use (re-installs only when requirements.txt changes), then runs
-# reference/make_fixtures.py and reference/make_tokenizer_golden.py, which rewrite their outputs from
-# scratch. Idempotent. The chat templates are read from ../shared/models/chat-templates (see README.md).
+# reference/make_fixtures.py, reference/make_train_golden.py and reference/make_tokenizer_golden.py,
+# which rewrite their outputs from scratch. Idempotent. The chat templates are read from
+# ../shared/models/chat-templates (see README.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,5 +41,6 @@ if [ "$#" -gt 0 ]; then
     exec "$venv/bin/python" "$here/make_fixtures.py" --out "$root/tests/fixtures" "$@"
 fi
 "$venv/bin/python" "$here/make_fixtures.py" --out "$root/tests/fixtures"
+"$venv/bin/python" "$here/make_train_golden.py" --out "$root/tests/fixtures/train_tiny"
 "$venv/bin/python" "$here/make_unicode_tables.py" "$root/src/tokenizer/unicode_tables.inc"
 exec "$venv/bin/python" "$here/make_tokenizer_golden.py" --out "$root/tests/data/tokenizer"

@@ -5,9 +5,17 @@
 #include <cmath>
 #include <random>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "formats/safetensors.h"
 #include "model/config.h"
+#include "tests/test_util.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
 #include "train/network.h"
 #include "train/params.h"
+#include "train/trainer.h"
 
 namespace whale::train {
 namespace {
@@ -78,6 +86,143 @@ TEST(TrainBackward, EveryParameterMatchesFiniteDifferences) {
     EXPECT_LE(worst, 1e-6 * std::max(1.0, scale)) << info.name;
   }
   EXPECT_EQ(checked, int(layout.params.size()) * 4);
+}
+
+// ---- against PyTorch/transformers (tests/fixtures/train_tiny, reference/make_train_golden.py) ----
+
+struct Golden {
+  ParamLayout layout;
+  nlohmann::json json;
+  std::unique_ptr<SafetensorsFile> tensors;
+  std::vector<int32_t> batch;  // [B, T + 1]
+  int64_t B = 0, T = 0;
+
+  const float* tensor(const std::string& name, int64_t numel) const {
+    auto it = tensors->tensors().find(name);
+    EXPECT_NE(it, tensors->tensors().end()) << name;
+    if (it == tensors->tensors().end()) return nullptr;
+    EXPECT_EQ(it->second.view.numel(), numel) << name;
+    return it->second.view.as<float>();
+  }
+};
+
+Golden load_golden() {
+  const std::string dir = test::fixture_dir("train_tiny");
+  auto config = model::load_config(dir);
+  EXPECT_TRUE(config.ok()) << config.error().to_string();
+  auto layout = ParamLayout::build(*config);
+  EXPECT_TRUE(layout.ok()) << layout.error().to_string();
+  Golden g{std::move(layout).value(), nlohmann::json::parse(test::read_file(dir + "/train_golden.json")),
+           nullptr, {}, 0, 0};
+  auto file = SafetensorsFile::open(dir + "/train_golden.safetensors");
+  EXPECT_TRUE(file.ok()) << file.error().to_string();
+  g.tensors = std::move(file).value();
+  const StoredTensor& batch = g.tensors->tensors().at("batch");
+  g.B = batch.view.dim(0);
+  g.T = batch.view.dim(1) - 1;
+  const int32_t* ids = batch.view.as<int32_t>();
+  g.batch.assign(ids, ids + batch.view.numel());
+  return g;
+}
+
+// The step-0 losses and every parameter's gradient (before clipping) from the initial weights.
+// Prints the largest relative error of each parameter group (max |Δ| over max |g|).
+template <class T>
+void check_step0(double loss_tol, double grad_tol) {
+  const Golden g = load_golden();
+  ThreadPool pool(2);
+  ParamSet<float> loaded(g.layout);
+  Status read = load_params(test::fixture_dir("train_tiny"), loaded);
+  ASSERT_TRUE(read.ok()) << read.error().to_string();
+  ParamSet<T> params(g.layout), grads(g.layout);
+  std::copy(loaded.values.begin(), loaded.values.end(), params.values.begin());
+  Network<T> net(g.layout, pool);
+  const auto& st = g.json["settings"];
+  LossSettings settings{st["lambda"].get<double>(), st["alpha"].get<double>()};
+  const Losses l = net.run(params, g.batch, g.B, g.T, settings, &grads, T(1), nullptr);
+  const auto& s0 = g.json["step0"];
+  EXPECT_NEAR(l.main, s0["loss_main"].get<double>(), loss_tol);
+  EXPECT_NEAR(l.mtp, s0["loss_mtp"].get<double>(), loss_tol);
+  EXPECT_NEAR(l.balance, s0["loss_bal"].get<double>(), loss_tol);
+  EXPECT_NEAR(l.total, s0["loss_total"].get<double>(), loss_tol);
+  std::map<std::string, double> by_group;
+  for (const ParamInfo& info : g.layout.params) {
+    const float* want = g.tensor("grad." + info.name, info.numel);
+    if (want == nullptr) continue;
+    double diff = 0, scale = 0;
+    for (int64_t i = 0; i < info.numel; ++i) {
+      diff = std::max(diff, std::abs(double(grads.values[size_t(info.offset + i)]) - double(want[i])));
+      scale = std::max(scale, std::abs(double(want[i])));
+    }
+    const double rel = diff / std::max(scale, 1e-30);
+    EXPECT_LE(rel, grad_tol) << info.name;
+    // Group: the name with layer and expert numbers dropped.
+    std::string group;
+    for (char ch : info.name) {
+      if (!std::isdigit(static_cast<unsigned char>(ch))) group += ch;
+    }
+    by_group[group] = std::max(by_group[group], rel);
+  }
+  for (const auto& [group, rel] : by_group) std::printf("  %-50s %.2e\n", group.c_str(), rel);
+}
+
+TEST(TrainGolden, Step0LossAndGradientsMatchPyTorchInFloat32) { check_step0<float>(2e-5, 5e-6); }
+TEST(TrainGolden, Step0LossAndGradientsMatchPyTorchInFloat64) { check_step0<double>(1e-9, 2e-7); }
+
+// Ten steps of `whale train` itself (data stream, AdamW, clipping, schedule, bias updates,
+// checkpoint) against the same ten steps in PyTorch.
+TEST(TrainGolden, TenTrainerStepsMatchPyTorch) {
+  const Golden g = load_golden();
+  test::TempDir tmp;
+  // The batch's two sequences as one shard: every step (one epoch) sees both.
+  ASSERT_TRUE(write_shard(tmp.file("train_00000.bin"), g.batch).ok());
+  const auto& st = g.json["settings"];
+  const std::string dir = test::fixture_dir("train_tiny");
+  nlohmann::json j = {
+      {"model", nlohmann::json::parse(test::read_file(dir + "/config.json"))},
+      {"init_from", dir}, {"data", {tmp.path()}}, {"out", tmp.file("out")},
+      {"seq_len", g.T}, {"batch_size", g.B}, {"steps", st["total_steps"]},
+      {"lr", st["lr_peak"]}, {"min_lr", st["lr_min"]}, {"warmup", st["warmup_steps"]},
+      {"beta1", st["beta1"]}, {"beta2", st["beta2"]}, {"eps", st["eps"]},
+      {"weight_decay", st["weight_decay"]}, {"grad_clip", st["clip"]},
+      {"mtp_lambda", st["lambda"]}, {"balance_alpha", st["alpha"]}, {"bias_gamma", st["gamma"]},
+      {"eval_interval", 0}, {"checkpoint_interval", 0}, {"log_interval", 1}, {"threads", 2}};
+  auto settings = TrainSettings::from_json(j, "test");
+  ASSERT_TRUE(settings.ok()) << settings.error().to_string();
+  auto report = run_training(*settings);
+  ASSERT_TRUE(report.ok()) << report.error().to_string();
+  EXPECT_EQ(report->steps_done, 10);
+
+  std::ifstream log(tmp.file("out/train_log.jsonl"));
+  std::string line;
+  size_t step = 0;
+  while (std::getline(log, line)) {
+    const auto e = nlohmann::json::parse(line);
+    const auto& want = g.json["steps"][step];
+    EXPECT_NEAR(e["total_loss"].get<double>(), want["loss_total"].get<double>(), 5e-4) << step;
+    EXPECT_NEAR(e["loss"].get<double>(), want["loss_main"].get<double>(), 5e-4) << step;
+    EXPECT_NEAR(e["lr"].get<double>(), want["lr"].get<double>(), 1e-12) << step;
+    EXPECT_NEAR(e["grad_norm"].get<double>(), want["grad_norm"].get<double>(), 2e-3) << step;
+    ++step;
+  }
+  EXPECT_EQ(step, 10u);
+
+  ParamSet<float> after(g.layout);
+  Status read = load_params(report->last_checkpoint, after);
+  ASSERT_TRUE(read.ok()) << read.error().to_string();
+  for (int k = 0; k < g.layout.n_moe_layers; ++k) {
+    const float* want = g.tensor("bias_after." + g.layout.bias_name(k), 8);
+    for (size_t e = 0; e < 8 && want; ++e) EXPECT_NEAR(after.biases[size_t(k)][e], want[e], 1e-6);
+  }
+  for (const auto& name : g.json["golden_tensors"]["weights_after"]) {
+    const ParamInfo& info = g.layout.info(g.layout.index.at(name.get<std::string>()));
+    const float* want = g.tensor("weights_after." + info.name, info.numel);
+    double diff = 0;
+    for (int64_t i = 0; want && i < info.numel; ++i) {
+      diff = std::max(diff, std::abs(double(after.values[size_t(info.offset + i)]) - want[i]));
+    }
+    EXPECT_LE(diff, 5e-4) << info.name;
+  }
 }
 
 }  // namespace

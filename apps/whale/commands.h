@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -138,6 +139,21 @@ struct CompareArgs {
 void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c);
 int run_quantize(const QuantizeArgs& args);
 int run_compare(const CompareArgs& args);
+
+struct TrainArgs {
+  std::string config;
+  std::map<std::string, std::string> values;             // --name VALUE per settings field
+  std::map<std::string, std::vector<std::string>> lists;  // --data A B ...
+};
+struct DataPrepareArgs {
+  std::string tokenizer;
+  std::vector<std::string> inputs;
+  std::string out;
+  double val_fraction = 0.0;
+};
+void add_train_commands(CLI::App& app, TrainArgs& t, DataPrepareArgs& d);
+int run_train(const TrainArgs& args);
+int run_data_prepare(const DataPrepareArgs& args);
 
 struct SynthArgs {
   std::string config;

@@ -38,6 +38,9 @@ int main(int argc, char** argv) {
   whale::app::QuantizeArgs quantize;
   whale::app::CompareArgs compare;
   whale::app::add_quantize_commands(app, quantize, compare);
+  whale::app::TrainArgs train;
+  whale::app::DataPrepareArgs data_prepare;
+  whale::app::add_train_commands(app, train, data_prepare);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -53,6 +56,8 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
   if (app.got_subcommand("quantize")) return whale::app::run_quantize(quantize);
   if (app.got_subcommand("compare")) return whale::app::run_compare(compare);
+  if (app.got_subcommand("train")) return whale::app::run_train(train);
+  if (app.got_subcommand("data")) return whale::app::run_data_prepare(data_prepare);
   if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
   if (app.got_subcommand("template")) return whale::app::run_template(chat_template);
   if (app.got_subcommand("detokenize")) return whale::app::run_detokenize(tokenize);
