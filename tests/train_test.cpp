@@ -10,6 +10,8 @@
 
 #include "formats/safetensors.h"
 #include "model/config.h"
+#include "model/deepseek.h"
+#include "ops/ref/ref_backend.h"
 #include "tests/test_util.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -223,6 +225,252 @@ TEST(TrainGolden, TenTrainerStepsMatchPyTorch) {
     }
     EXPECT_LE(diff, 5e-4) << info.name;
   }
+}
+
+ParamLayout tiny_layout_of_fixture() {
+  auto config = model::load_config(test::fixture_dir("train_tiny"));
+  EXPECT_TRUE(config.ok());
+  auto layout = ParamLayout::build(*config);
+  EXPECT_TRUE(layout.ok());
+  return std::move(layout).value();
+}
+
+// ---- the trainer: resume, learning, balancing, bad input ----
+
+// Settings for the train_tiny model on `data`, writing to `out`.
+nlohmann::json tiny_settings(const std::string& data, const std::string& out) {
+  const std::string dir = test::fixture_dir("train_tiny");
+  return {{"model", nlohmann::json::parse(test::read_file(dir + "/config.json"))},
+          {"data", {data}}, {"out", out}, {"seq_len", 16}, {"batch_size", 2}, {"grad_accum", 2},
+          {"steps", 20}, {"lr", 1e-2}, {"min_lr", 1e-3}, {"warmup", 3}, {"bias_gamma", 0.01},
+          {"balance_alpha", 1e-3}, {"eval_interval", 0}, {"checkpoint_interval", 0},
+          {"log_interval", 5}, {"threads", 2}, {"seed", 5}};
+}
+
+Result<TrainReport> train_with(const nlohmann::json& j, const TrainHooks& hooks = {}) {
+  WHALE_ASSIGN_OR_RETURN(TrainSettings s, TrainSettings::from_json(j, "test"));
+  return run_training(s, hooks);
+}
+
+// `n` random ids below 256 as a shard in dir (train_00000.bin).
+void random_shard(const std::string& dir, size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = int32_t(rng() % 256);
+  ASSERT_TRUE(write_shard(dir + "/train_00000.bin", ids).ok());
+}
+
+std::vector<nlohmann::json> read_log(const std::string& path) {
+  std::vector<nlohmann::json> entries;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) entries.push_back(nlohmann::json::parse(line));
+  return entries;
+}
+
+TEST(Trainer, ResumeContinuesBitForBit) {
+  test::TempDir tmp;
+  random_shard(tmp.path(), 3000, 1);
+  // Twenty steps straight.
+  auto straight = train_with(tiny_settings(tmp.path(), tmp.file("a")));
+  ASSERT_TRUE(straight.ok()) << straight.error().to_string();
+  // Ten steps, then a new process-equivalent run resuming from the checkpoint for ten more.
+  nlohmann::json half = tiny_settings(tmp.path(), tmp.file("b"));
+  half["stop_at"] = 10;
+  auto first = train_with(half);
+  ASSERT_TRUE(first.ok()) << first.error().to_string();
+  EXPECT_EQ(first->steps_done, 10);
+  nlohmann::json rest = tiny_settings(tmp.path(), tmp.file("b"));
+  rest["resume"] = "auto";
+  auto second = train_with(rest);
+  ASSERT_TRUE(second.ok()) << second.error().to_string();
+  EXPECT_EQ(second->steps_done, 10);
+  // The weights and correction biases, byte for byte, and the optimizer state.
+  EXPECT_TRUE(test::read_file(tmp.file("a/checkpoint-000020/model.safetensors")) ==
+              test::read_file(tmp.file("b/checkpoint-000020/model.safetensors")));
+  const ParamLayout layout = tiny_layout_of_fixture();
+  auto sa = load_trainer_state(tmp.file("a/checkpoint-000020"), layout.total);
+  auto sb = load_trainer_state(tmp.file("b/checkpoint-000020"), layout.total);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  EXPECT_TRUE(sa->m == sb->m);
+  EXPECT_TRUE(sa->v == sb->v);
+  EXPECT_EQ(sa->adam_step, sb->adam_step);
+  EXPECT_EQ(sa->data_index, sb->data_index);
+  const auto a = read_log(tmp.file("a/train_log.jsonl"));
+  const auto b = read_log(tmp.file("b/train_log.jsonl"));
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["total_loss"], b[i]["total_loss"]) << i;
+}
+
+// Memorising a short repeated text: the loss falls far below its start, and loss-free balancing
+// evens the experts' load out compared with the same run without it.
+TEST(Trainer, LearnsARepeatedTextAndBalancesExperts) {
+  test::TempDir tmp;
+  std::vector<int32_t> ids;
+  std::mt19937 rng(9);
+  std::vector<int32_t> phrase(40);
+  for (auto& id : phrase) id = int32_t(rng() % 256);
+  while (ids.size() < 4000) ids.insert(ids.end(), phrase.begin(), phrase.end());
+  ASSERT_TRUE(write_shard(tmp.file("train_00000.bin"), ids).ok());
+  auto run = [&](double gamma, const std::string& out) {
+    nlohmann::json j = tiny_settings(tmp.path(), tmp.file(out));
+    j["steps"] = 60;
+    j["bias_gamma"] = gamma;
+    j["balance_alpha"] = 0.0;
+    j["log_interval"] = 1;
+    auto r = train_with(j);
+    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    return read_log(tmp.file(out + "/train_log.jsonl"));
+  };
+  // Mean over the last 20 steps of the worst layer's max/mean expert load.
+  auto late_load = [](const std::vector<nlohmann::json>& log) {
+    double sum = 0;
+    for (size_t i = log.size() - 20; i < log.size(); ++i) {
+      double worst = 0;
+      for (const auto& x : log[i]["expert_load"]) worst = std::max(worst, x.get<double>());
+      sum += worst;
+    }
+    return sum / 20;
+  };
+  const auto balanced = run(0.01, "balanced");
+  const auto free = run(0.0, "free");
+  ASSERT_EQ(balanced.size(), 60u);
+  const double first = balanced.front()["loss"].get<double>();
+  const double last = balanced.back()["loss"].get<double>();
+  std::printf("  loss %.3f -> %.3f; late max/mean load %.2f with balancing, %.2f without\n", first,
+              last, late_load(balanced), late_load(free));
+  EXPECT_LT(last, 0.2 * first);
+  EXPECT_LT(late_load(balanced), late_load(free));
+  EXPECT_LT(late_load(balanced), 1.5);
+}
+
+TEST(Trainer, CheckpointServesTheSameLogitsAsTheTrainer) {
+  test::TempDir tmp;
+  random_shard(tmp.path(), 2000, 2);
+  nlohmann::json j = tiny_settings(tmp.path(), tmp.file("out"));
+  j["steps"] = 3;
+  j["tokenizer"] = test::fixture_dir("train_tiny");  // has no tokenizer files: nothing copied
+  auto r = train_with(j);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto model = model::Model::load(r->last_checkpoint);
+  ASSERT_TRUE(model.ok()) << model.error().to_string();
+  EXPECT_EQ(model->weights().mtp.size(), 1u);  // the MTP module loads too
+  auto config = model::load_config(r->last_checkpoint);
+  ASSERT_TRUE(config.ok());
+  auto layout = ParamLayout::build(*config);
+  ASSERT_TRUE(layout.ok());
+  ParamSet<float> params(*layout);
+  ASSERT_TRUE(load_params(r->last_checkpoint, params).ok());
+  ThreadPool pool(2);
+  Network<float> net(*layout, pool);
+  std::vector<int32_t> ids = {3, 141, 59, 26, 53, 58, 97, 93, 23, 84, 62, 64};
+  const std::vector<float> trainer = net.logits(params, ids, 1, int64_t(ids.size()));
+  ops::RefBackend ref;
+  model::KvCache cache(*config, 64);
+  auto served = model->forward(ref, ids, cache, {model::AttentionForm::kAuto, /*all_logits=*/true});
+  ASSERT_TRUE(served.ok()) << served.error().to_string();
+  ASSERT_EQ(served->size(), trainer.size());
+  double diff = 0;
+  for (size_t i = 0; i < trainer.size(); ++i) diff = std::max(diff, double(std::abs((*served)[i] - trainer[i])));
+  EXPECT_LT(diff, 1e-4);
+}
+
+TEST(Trainer, StopsOnANonFiniteLossAndKeepsTheLastCheckpoint) {
+  test::TempDir tmp;
+  random_shard(tmp.path(), 2000, 3);
+  nlohmann::json j = tiny_settings(tmp.path(), tmp.file("out"));
+  j["stop_at"] = 2;
+  ASSERT_TRUE(train_with(j).ok());
+  j.erase("stop_at");
+  j["resume"] = "auto";
+  j["lr"] = 1e30;  // diverges at once
+  j["min_lr"] = 1e30;
+  j["grad_clip"] = 0.0;
+  auto r = train_with(j);
+  ASSERT_FALSE(r.ok());
+  const std::string msg = r.error().to_string();
+  EXPECT_NE(msg.find("NaN or infinite"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint-000002"), std::string::npos) << msg;
+  const ParamLayout layout = tiny_layout_of_fixture();
+  ParamSet<float> kept(layout);
+  EXPECT_TRUE(load_params(tmp.file("out/checkpoint-000002"), kept).ok());
+}
+
+TEST(Trainer, AFullDiskKeepsThePreviousCheckpoint) {
+  test::TempDir tmp;
+  random_shard(tmp.path(), 2000, 4);
+  nlohmann::json j = tiny_settings(tmp.path(), tmp.file("out"));
+  j["steps"] = 4;
+  j["checkpoint_interval"] = 2;
+  TrainHooks hooks;
+  int saves = 0;
+  hooks.after_checkpoint_file = [&](const std::string& path) -> Status {
+    if (path.find("checkpoint-000004") != std::string::npos && path.find("model.safetensors") != std::string::npos) {
+      return make_error("No space left on device", {}, path);
+    }
+    ++saves;
+    return ok_status();
+  };
+  auto r = train_with(j, hooks);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().to_string().find("previous one is kept"), std::string::npos) << r.error().to_string();
+  EXPECT_GT(saves, 0);
+  EXPECT_TRUE(std::filesystem::exists(tmp.file("out/checkpoint-000002/model.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(tmp.file("out/checkpoint-000004")));
+  EXPECT_FALSE(std::filesystem::exists(tmp.file("out/checkpoint-000004.tmp")));
+}
+
+TEST(Trainer, RejectsBadSettingsAndData) {
+  test::TempDir tmp;
+  random_shard(tmp.path(), 2000, 5);
+  auto fails_with = [&](nlohmann::json j, const std::string& needle) {
+    auto r = train_with(j);
+    ASSERT_FALSE(r.ok()) << needle;
+    EXPECT_NE(r.error().to_string().find(needle), std::string::npos) << r.error().to_string();
+  };
+  const nlohmann::json good = tiny_settings(tmp.path(), tmp.file("out"));
+  nlohmann::json j = good;
+  j["learning_rate"] = 1;
+  fails_with(j, "unknown setting");
+  j = good;
+  j["lr"] = "fast";
+  fails_with(j, "lr");
+  j = good;
+  j["seq_len"] = 1;
+  fails_with(j, "seq_len");
+  j = good;
+  j["seq_len"] = 100000;
+  fails_with(j, "max_position_embeddings");
+  j = good;
+  j["model"]["hidden_size"] = -4;
+  fails_with(j, "hidden_size");
+  // An output path under a regular file cannot be created.
+  test::write_file(tmp.file("plain"), "x");
+  j = good;
+  j["out"] = tmp.file("plain/out");
+  fails_with(j, "output directory");
+  // Corrupt and truncated shards.
+  test::TempDir bad;
+  test::write_file(bad.file("train_00000.bin"), "not a shard at all, just text");
+  j = good;
+  j["data"] = {bad.path()};
+  fails_with(j, "WHALETOK");
+  std::string shard = test::read_file(tmp.file("train_00000.bin"));
+  test::write_file(bad.file("train_00000.bin"), shard.substr(0, shard.size() - 7));
+  fails_with(j, "truncated");
+  // Ids outside the model's vocabulary.
+  std::vector<int32_t> big(100, 300);
+  ASSERT_TRUE(write_shard(bad.file("train_00000.bin"), big).ok());
+  fails_with(j, "outside the model's vocabulary");
+  // A resume whose model differs from the checkpoint's.
+  j = good;
+  j["stop_at"] = 1;
+  ASSERT_TRUE(train_with(j).ok());
+  j = good;
+  j["resume"] = "auto";
+  j["seq_len"] = 8;
+  fails_with(j, "seq_len");
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ const std::vector<std::pair<std::string, std::string>>& train_setting_fields() {
       {"model", "object"},        {"init_from", "string"},   {"data", "list"},
       {"val_data", "list"},       {"tokenizer", "string"},   {"out", "string"},
       {"resume", "string"},       {"seq_len", "int"},        {"batch_size", "int"},
-      {"grad_accum", "int"},      {"steps", "int"},          {"lr", "number"},
+      {"grad_accum", "int"},      {"steps", "int"},          {"stop_at", "int"},          {"lr", "number"},
       {"min_lr", "number"},       {"warmup", "int"},         {"beta1", "number"},
       {"beta2", "number"},        {"eps", "number"},         {"weight_decay", "number"},
       {"grad_clip", "number"},    {"mtp_lambda", "number"},  {"bias_gamma", "number"},
@@ -73,6 +73,7 @@ Result<TrainSettings> TrainSettings::from_json(const json& j, const std::string&
   integer("batch_size", s.batch_size);
   integer("grad_accum", s.grad_accum);
   integer("steps", s.steps);
+  integer("stop_at", s.stop_at);
   num("lr", s.lr);
   num("min_lr", s.min_lr);
   integer("warmup", s.warmup);
@@ -103,6 +104,7 @@ Result<TrainSettings> TrainSettings::from_json(const json& j, const std::string&
   if (s.batch_size < 1) return bad("batch_size", "must be at least 1");
   if (s.grad_accum < 1) return bad("grad_accum", "must be at least 1");
   if (s.steps < 0) return bad("steps", "must not be negative");
+  if (s.stop_at < 0 || s.stop_at > s.steps) return bad("stop_at", "must be in [0, steps]");
   if (!(s.lr > 0)) return bad("lr", "must be positive");
   if (!(s.min_lr >= 0 && s.min_lr <= s.lr)) return bad("min_lr", "must be in [0, lr]");
   if (s.warmup < 0) return bad("warmup", "must not be negative");
@@ -134,6 +136,7 @@ json TrainSettings::to_json() const {
               {"batch_size", batch_size},
               {"grad_accum", grad_accum},
               {"steps", steps},
+              {"stop_at", stop_at},
               {"lr", lr},
               {"min_lr", min_lr},
               {"warmup", warmup},
@@ -377,7 +380,8 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
   auto interval_start = start;
   int64_t interval_tokens = 0;
   const int64_t first = state.step;
-  for (int64_t step = first; step < s.steps; ++step) {
+  const int64_t end = s.stop_at > 0 ? std::max(first, s.stop_at) : s.steps;
+  for (int64_t step = first; step < end; ++step) {
     std::fill(grads.values.begin(), grads.values.end(), 0.0f);
     for (auto& c : counts) std::fill(c.begin(), c.end(), 0);
     Losses sum;
@@ -418,7 +422,7 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
     report.steps_done = step + 1 - first;
     interval_tokens += s.grad_accum * B * S;
 
-    const bool last = step + 1 == s.steps;
+    const bool last = step + 1 == end;
     json entry = {{"step", step + 1},     {"loss", sum.main},  {"mtp_loss", sum.mtp_modules},
                   {"balance_loss", sum.balance}, {"total_loss", sum.total}, {"lr", lr},
                   {"grad_norm", norm},    {"expert_load", load}};
@@ -432,7 +436,7 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
       entry["tokens_per_second"] = tps;
       entry["mfu"] = mfu;
       const double elapsed = std::chrono::duration<double>(now - start).count();
-      const double eta = elapsed / double(step + 1 - first) * double(s.steps - step - 1);
+      const double eta = elapsed / double(step + 1 - first) * double(end - step - 1);
       if (hooks.progress) {
         double worst = 0;
         for (double x : load) worst = std::max(worst, x);
@@ -463,7 +467,7 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
       WHALE_TRY(save_at(step + 1));
     }
   }
-  if (s.steps == first && report.last_checkpoint.empty() && resume.empty()) {
+  if (end == first && report.last_checkpoint.empty() && resume.empty()) {
     WHALE_TRY(save_at(first));  // steps 0: write the initial weights as a checkpoint
   }
   return report;

@@ -27,6 +27,7 @@ struct TrainSettings {
   int64_t batch_size = 8;  // sequences per micro-batch
   int64_t grad_accum = 1;  // micro-batches per optimizer step
   int64_t steps = 1000;
+  int64_t stop_at = 0;     // end this run (with a checkpoint) after this step; 0: at `steps`
   double lr = 3e-4, min_lr = 3e-5;
   int64_t warmup = 100;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
