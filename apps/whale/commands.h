@@ -150,10 +150,13 @@ struct DataPrepareArgs {
   std::vector<std::string> inputs;
   std::string out;
   double val_fraction = 0.0;
+  int64_t vocab = 0, tokens = 0;  // `whale data random`
+  uint64_t seed = 1;
 };
 void add_train_commands(CLI::App& app, TrainArgs& t, DataPrepareArgs& d);
 int run_train(const TrainArgs& args);
-int run_data_prepare(const DataPrepareArgs& args);
+// `whale data prepare` and `whale data random`.
+int run_data(const CLI::App& app, const DataPrepareArgs& args);
 
 struct SynthArgs {
   std::string config;

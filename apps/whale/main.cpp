@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("quantize")) return whale::app::run_quantize(quantize);
   if (app.got_subcommand("compare")) return whale::app::run_compare(compare);
   if (app.got_subcommand("train")) return whale::app::run_train(train);
-  if (app.got_subcommand("data")) return whale::app::run_data_prepare(data_prepare);
+  if (app.got_subcommand("data")) return whale::app::run_data(app, data_prepare);
   if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
   if (app.got_subcommand("template")) return whale::app::run_template(chat_template);
   if (app.got_subcommand("detokenize")) return whale::app::run_detokenize(tokenize);

@@ -1,6 +1,7 @@
 // whale train: trains a DeepSeek-architecture model from token shards; and whale data prepare:
 // text files tokenized into those shards.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -39,6 +40,11 @@ void add_train_commands(CLI::App& app, TrainArgs& t, DataPrepareArgs& d) {
   prep->add_option("--val-fraction", d.val_fraction,
                    "fraction of each input (its end) held out for validation")
       ->check(CLI::Range(0.0, 0.99));
+  auto* random = data->add_subcommand("random", "Write a shard of uniform random token ids (benchmarks)");
+  random->add_option("--vocab", d.vocab, "ids are below this")->required()->check(CLI::Range(1, 1 << 30));
+  random->add_option("--tokens", d.tokens, "number of tokens")->required()->check(CLI::Range(1, 1 << 30));
+  random->add_option("--seed", d.seed, "seed");
+  random->add_option("--out", d.out, "output directory")->required();
 }
 
 namespace {
@@ -119,7 +125,23 @@ int run_train(const TrainArgs& args) {
   return 0;
 }
 
-int run_data_prepare(const DataPrepareArgs& args) {
+int run_data(const CLI::App& app, const DataPrepareArgs& args) {
+  if (app.get_subcommand("data")->got_subcommand("random")) {
+    std::error_code ec;
+    std::filesystem::create_directories(args.out, ec);
+    std::vector<int32_t> ids(size_t(args.tokens));
+    uint64_t state = args.seed;
+    for (auto& id : ids) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      id = int32_t((state >> 33) % uint64_t(args.vocab));
+    }
+    Status written = train::write_shard(args.out + "/train_00000.bin", ids);
+    if (!written.ok()) return report("data random", written.error());
+    std::printf("%lld random ids below %lld in %s/train_00000.bin\n", (long long)args.tokens,
+                (long long)args.vocab, args.out.c_str());
+    return 0;
+  }
+
   train::PrepareOptions o;
   o.tokenizer_dir = args.tokenizer;
   o.inputs = args.inputs;

@@ -106,33 +106,33 @@ struct FfnCache {
 };
 
 template <class T>
-void ffn_forward(const ParamSet<T>& p, const FfnParams& f, const T* x, int64_t n, int64_t d, T* y,
+void ffn_forward(ThreadPool& pool, const ParamSet<T>& p, const FfnParams& f, const T* x, int64_t n, int64_t d, T* y,
                  FfnCache<T>& c) {
   const int64_t w = f.width;
   T* g = sized(c.g, n * w);
   T* u = sized(c.u, n * w);
   T* a = sized(c.a, n * w);
-  linear_forward(g, x, p.data(f.gate), n, w, d);
-  linear_forward(u, x, p.data(f.up), n, w, d);
+  linear_forward(pool, g, x, p.data(f.gate), n, w, d);
+  linear_forward(pool, u, x, p.data(f.up), n, w, d);
   for (int64_t i = 0; i < n * w; ++i) a[i] = g[i] * sigmoid(g[i]) * u[i];
-  linear_forward(y, a, p.data(f.down), n, d, w);
+  linear_forward(pool, y, a, p.data(f.down), n, d, w);
 }
 
 // dx += ...; `da` is scratch.
 template <class T>
-void ffn_backward(const ParamSet<T>& p, ParamSet<T>& grads, const FfnParams& f, const T* x,
+void ffn_backward(ThreadPool& pool, const ParamSet<T>& p, ParamSet<T>& grads, const FfnParams& f, const T* x,
                   int64_t n, int64_t d, const T* dy, T* dx, FfnCache<T>& c, Vec<T>& scratch) {
   const int64_t w = f.width;
   T* da = zeros(scratch, 2 * n * w);
   T* du = da + n * w;
-  linear_backward(da, grads.data(f.down), dy, c.a.data(), p.data(f.down), n, d, w);
+  linear_backward(pool, da, grads.data(f.down), dy, c.a.data(), p.data(f.down), n, d, w);
   for (int64_t i = 0; i < n * w; ++i) {
     const T g = c.g[size_t(i)], sg = sigmoid(g);
     du[i] = da[i] * g * sg;
     da[i] = da[i] * c.u[size_t(i)] * sg * (T(1) + g * (T(1) - sg));  // now d(gate)
   }
-  linear_backward(dx, grads.data(f.gate), da, x, p.data(f.gate), n, w, d);
-  linear_backward(dx, grads.data(f.up), du, x, p.data(f.up), n, w, d);
+  linear_backward(pool, dx, grads.data(f.gate), da, x, p.data(f.gate), n, w, d);
+  linear_backward(pool, dx, grads.data(f.up), du, x, p.data(f.up), n, w, d);
 }
 
 // ---- MLA, training form: K and V expanded per head from the latent ----
@@ -187,6 +187,7 @@ struct Network<T>::State {
   std::vector<MtpCache> mtp;
   Vec<T> h0, hL, hn, hn_rstd, logits;
   Vec<T> s1, s2, s3, s4, s5;  // backward scratch
+  Vec<double> row_loss;
 
   State(const ParamLayout& l, ThreadPool& p)
       : layout(l), pool(p), dims(l.config), rope_tables(model::make_rope_tables(l.config)),
@@ -209,12 +210,12 @@ struct Network<T>::State {
     T* cn = sized(c.cn, n * m.lat);
     T* kv = sized(c.kv, n * m.H * m.kvw);
     T* kr = sized(c.kr, n * m.rope);
-    linear_forward(cq, x, p.data(w.q_a), n, m.ql, m.d);
+    linear_forward(pool, cq, x, p.data(w.q_a), n, m.ql, m.d);
     rms_forward(cqn, m.ql, cq, m.ql, sized(c.cq_rstd, n), p.data(w.q_a_norm), n, m.ql, kLatentEps);
-    linear_forward(q, cqn, p.data(w.q_b), n, m.H * m.dq, m.ql);
-    linear_forward(kva, x, p.data(w.kv_a), n, kaw, m.d);
+    linear_forward(pool, q, cqn, p.data(w.q_b), n, m.H * m.dq, m.ql);
+    linear_forward(pool, kva, x, p.data(w.kv_a), n, kaw, m.d);
     rms_forward(cn, m.lat, kva, kaw, sized(c.c_rstd, n), p.data(w.kv_a_norm), n, m.lat, kLatentEps);
-    linear_forward(kv, cn, p.data(w.kv_b), n, m.H * m.kvw, m.lat);
+    linear_forward(pool, kv, cn, p.data(w.kv_b), n, m.H * m.kvw, m.lat);
     for (int64_t r = 0; r < n; ++r) {
       const int64_t pos = r % S;
       std::copy_n(kva + r * kaw + m.lat, m.rope, kr + r * m.rope);
@@ -226,38 +227,32 @@ struct Network<T>::State {
     pool.parallel_for(B * m.H, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) attn_head_forward(bh / m.H, bh % m.H, S, c);
     });
-    linear_forward(out, c.o.data(), p.data(w.o), n, m.d, m.H * m.dv);
+    linear_forward(pool, out, c.o.data(), p.data(w.o), n, m.d, m.H * m.dv);
   }
 
+  // One (sequence, head): scores as two products (nope and rope parts), causal softmax, then
+  // the values. The products cover the masked half too; BLAS on the square beats scalar loops
+  // on the triangle.
   void attn_head_forward(int64_t b, int64_t h, int64_t S, AttnCache<T>& c) {
     const Dims& m = dims;
+    T* pm = c.probs.data() + (b * m.H + h) * S * S;
+    const T* q = c.q.data() + (b * S * m.H + h) * m.dq;
+    const T* kv = c.kv.data() + (b * S * m.H + h) * m.kvw;
+    gemm(false, true, S, S, m.nope, softmax_scale, q, m.H * m.dq, kv, m.H * m.kvw, T(0), pm, S);
+    gemm(false, true, S, S, m.rope, softmax_scale, q + m.nope, m.H * m.dq, c.kr.data() + b * S * m.rope,
+         m.rope, T(1), pm, S);
     for (int64_t t = 0; t < S; ++t) {
-      const int64_t rt = b * S + t;
-      const T* qt = c.q.data() + (rt * m.H + h) * m.dq;
-      T* pr = c.probs.data() + ((b * m.H + h) * S + t) * S;
-      T mx = -std::numeric_limits<T>::infinity();
-      for (int64_t j = 0; j <= t; ++j) {
-        const int64_t rj = b * S + j;
-        const T* kn = c.kv.data() + (rj * m.H + h) * m.kvw;
-        const T* kr = c.kr.data() + rj * m.rope;
-        T acc = 0;
-        for (int64_t i = 0; i < m.nope; ++i) acc += qt[i] * kn[i];
-        for (int64_t i = 0; i < m.rope; ++i) acc += qt[m.nope + i] * kr[i];
-        pr[j] = acc * softmax_scale;
-        mx = std::max(mx, pr[j]);
-      }
+      T* pr = pm + t * S;
+      T mx = pr[0];
+      for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, pr[j]);
       T sum = 0;
       for (int64_t j = 0; j <= t; ++j) sum += (pr[j] = std::exp(pr[j] - mx));
       const T inv = T(1) / sum;
       for (int64_t j = 0; j <= t; ++j) pr[j] *= inv;
-      for (int64_t j = t + 1; j < S; ++j) pr[j] = 0;
-      T* ot = c.o.data() + (rt * m.H + h) * m.dv;
-      std::fill_n(ot, m.dv, T(0));
-      for (int64_t j = 0; j <= t; ++j) {
-        const T* v = c.kv.data() + ((b * S + j) * m.H + h) * m.kvw + m.nope;
-        for (int64_t i = 0; i < m.dv; ++i) ot[i] += pr[j] * v[i];
-      }
+      std::fill(pr + t + 1, pr + S, T(0));
     }
+    gemm(false, false, S, m.dv, S, T(1), pm, S, kv + m.nope, m.H * m.kvw, T(0),
+         c.o.data() + (b * S * m.H + h) * m.dv, m.H * m.dv);
   }
 
   // dx += d(attention)/dx · dout.
@@ -266,12 +261,12 @@ struct Network<T>::State {
     const Dims& m = dims;
     const int64_t n = B * S, kaw = m.lat + m.rope;
     T* d_o = zeros(s1, n * m.H * m.dv);
-    linear_backward(d_o, g.data(w.o), dout, c.o.data(), p.data(w.o), n, m.d, m.H * m.dv);
+    linear_backward(pool, d_o, g.data(w.o), dout, c.o.data(), p.data(w.o), n, m.d, m.H * m.dv);
     T* dq = zeros(s2, n * m.H * m.dq);
     T* dkv = zeros(s3, n * m.H * m.kvw);
     T* dkr_heads = zeros(s4, B * m.H * S * m.rope);  // per (b, h): summed over heads below
     pool.parallel_for(B * m.H, [&](int64_t begin, int64_t end) {
-      Vec<T> dp(static_cast<size_t>(S));
+      Vec<T> dp;
       for (int64_t bh = begin; bh < end; ++bh) {
         attn_head_backward(bh / m.H, bh % m.H, S, c, d_o, dq, dkv, dkr_heads + bh * S * m.rope, dp);
       }
@@ -289,58 +284,44 @@ struct Network<T>::State {
     }
     // kv = kv_b·norm(c): into dkva's latent columns.
     T* dcn = zeros(s4, n * m.lat);
-    linear_backward(dcn, g.data(w.kv_b), dkv, c.cn.data(), p.data(w.kv_b), n, m.H * m.kvw, m.lat);
+    linear_backward(pool, dcn, g.data(w.kv_b), dkv, c.cn.data(), p.data(w.kv_b), n, m.H * m.kvw, m.lat);
     rms_backward(dkva, kaw, g.data(w.kv_a_norm), dcn, m.lat, c.kva.data(), kaw, c.c_rstd.data(),
                  p.data(w.kv_a_norm), n, m.lat);
-    linear_backward(dx, g.data(w.kv_a), dkva, x, p.data(w.kv_a), n, kaw, m.d);
+    linear_backward(pool, dx, g.data(w.kv_a), dkva, x, p.data(w.kv_a), n, kaw, m.d);
     // q = q_b·norm(q_a·x).
     T* dcqn = zeros(s3, n * m.ql);
-    linear_backward(dcqn, g.data(w.q_b), dq, c.cqn.data(), p.data(w.q_b), n, m.H * m.dq, m.ql);
+    linear_backward(pool, dcqn, g.data(w.q_b), dq, c.cqn.data(), p.data(w.q_b), n, m.H * m.dq, m.ql);
     T* dcq = zeros(s1, n * m.ql);
     rms_backward(dcq, m.ql, g.data(w.q_a_norm), dcqn, m.ql, c.cq.data(), m.ql, c.cq_rstd.data(),
                  p.data(w.q_a_norm), n, m.ql);
-    linear_backward(dx, g.data(w.q_a), dcq, x, p.data(w.q_a), n, m.ql, m.d);
+    linear_backward(pool, dx, g.data(w.q_a), dcq, x, p.data(w.q_a), n, m.ql, m.d);
   }
 
   void attn_head_backward(int64_t b, int64_t h, int64_t S, const AttnCache<T>& c, const T* d_o,
                           T* dq, T* dkv, T* dkr, Vec<T>& dp) {
     const Dims& m = dims;
-    for (int64_t t = 0; t < S; ++t) {
-      const int64_t rt = b * S + t;
-      const T* pr = c.probs.data() + ((b * m.H + h) * S + t) * S;
-      const T* dot = d_o + (rt * m.H + h) * m.dv;
+    const T* pm = c.probs.data() + (b * m.H + h) * S * S;
+    const int64_t qo = (b * S * m.H + h) * m.dq, kvo = (b * S * m.H + h) * m.kvw;
+    const T* q = c.q.data() + qo;
+    const T* kv = c.kv.data() + kvo;
+    const T* kr = c.kr.data() + b * S * m.rope;
+    const T* dot = d_o + (b * S * m.H + h) * m.dv;
+    const int64_t ldq = m.H * m.dq, ldkv = m.H * m.kvw, ldo = m.H * m.dv;
+    T* ds = sized(dp, S * S);
+    gemm(false, true, S, S, m.dv, T(1), dot, ldo, kv + m.nope, ldkv, T(0), ds, S);  // dP
+    gemm(true, false, S, m.dv, S, T(1), pm, S, dot, ldo, T(1), dkv + kvo + m.nope, ldkv);  // dV
+    for (int64_t t = 0; t < S; ++t) {  // dS = P ⊙ (dP − Σ_j P·dP), times the softmax scale
+      const T* pr = pm + t * S;
+      T* dr = ds + t * S;
       T sum = 0;
-      for (int64_t j = 0; j <= t; ++j) {
-        const int64_t rj = b * S + j;
-        const T* v = c.kv.data() + (rj * m.H + h) * m.kvw + m.nope;
-        T* dv = dkv + (rj * m.H + h) * m.kvw + m.nope;
-        T acc = 0;
-        for (int64_t i = 0; i < m.dv; ++i) {
-          acc += dot[i] * v[i];
-          dv[i] += pr[j] * dot[i];
-        }
-        dp[size_t(j)] = acc;
-        sum += acc * pr[j];
-      }
-      const T* qt = c.q.data() + (rt * m.H + h) * m.dq;
-      T* dqt = dq + (rt * m.H + h) * m.dq;
-      for (int64_t j = 0; j <= t; ++j) {
-        const T ds = pr[j] * (dp[size_t(j)] - sum) * softmax_scale;
-        const int64_t rj = b * S + j;
-        const T* kn = c.kv.data() + (rj * m.H + h) * m.kvw;
-        const T* kr = c.kr.data() + rj * m.rope;
-        T* dkn = dkv + (rj * m.H + h) * m.kvw;
-        T* dkrj = dkr + j * m.rope;
-        for (int64_t i = 0; i < m.nope; ++i) {
-          dqt[i] += ds * kn[i];
-          dkn[i] += ds * qt[i];
-        }
-        for (int64_t i = 0; i < m.rope; ++i) {
-          dqt[m.nope + i] += ds * kr[i];
-          dkrj[i] += ds * qt[m.nope + i];
-        }
-      }
+      for (int64_t j = 0; j <= t; ++j) sum += pr[j] * dr[j];
+      for (int64_t j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - sum) * softmax_scale;
+      std::fill(dr + t + 1, dr + S, T(0));
     }
+    gemm(false, false, S, m.nope, S, T(1), ds, S, kv, ldkv, T(1), dq + qo, ldq);
+    gemm(false, false, S, m.rope, S, T(1), ds, S, kr, m.rope, T(1), dq + qo + m.nope, ldq);
+    gemm(true, false, S, m.nope, S, T(1), ds, S, q, ldq, T(1), dkv + kvo, ldkv);
+    gemm(true, false, S, m.rope, S, T(1), ds, S, q + m.nope, ldq, T(0), dkr, m.rope);
   }
 
   // ---- DeepSeekMoE ----
@@ -385,7 +366,7 @@ struct Network<T>::State {
     const model::ModelConfig& cfg = layout.config;
     const int64_t n = B * S, d = dims.d, E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
     T* scores = sized(c.scores, n * E);
-    linear_forward(scores, x, p.data(lp.router), n, E, d);
+    linear_forward(pool, scores, x, p.data(lp.router), n, E, d);
     for (int64_t i = 0; i < n * E; ++i) scores[i] = sigmoid(scores[i]);
     c.picks.resize(static_cast<size_t>(n * K));
     T* gates = sized(c.gates, n * K);
@@ -408,7 +389,7 @@ struct Network<T>::State {
     }
     // Shared expert over every row, then each routed expert over its rows.
     if (lp.shared.width > 0) {
-      ffn_forward(p, lp.shared, x, n, d, y, c.shared);
+      ffn_forward(pool, p, lp.shared, x, n, d, y, c.shared);
     } else {
       std::fill_n(y, n * d, T(0));
     }
@@ -422,7 +403,7 @@ struct Network<T>::State {
       T* ye = sized(c.ye[size_t(e)], ne * d);
       if (ne == 0) continue;
       for (int64_t i = 0; i < ne; ++i) std::copy_n(x + (rows[size_t(i)] / K) * d, d, xe + i * d);
-      ffn_forward(p, lp.experts[size_t(e)], xe, ne, d, ye, c.ffn[size_t(e)]);
+      ffn_forward(pool, p, lp.experts[size_t(e)], xe, ne, d, ye, c.ffn[size_t(e)]);
       for (int64_t i = 0; i < ne; ++i) {
         const int32_t rk = rows[size_t(i)];
         const T gk = gates[rk];
@@ -456,7 +437,7 @@ struct Network<T>::State {
                     int64_t B, int64_t S, const T* dy, T* dx, MoeCache& c, double alpha) {
     const model::ModelConfig& cfg = layout.config;
     const int64_t n = B * S, d = dims.d, E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
-    if (lp.shared.width > 0) ffn_backward(p, g, lp.shared, x, n, d, dy, dx, c.shared, s1);
+    if (lp.shared.width > 0) ffn_backward(pool, p, g, lp.shared, x, n, d, dy, dx, c.shared, s1);
     Vec<T> dgates(static_cast<size_t>(n * K), T(0));
     Vec<T> dye, dxe;
     for (int64_t e = 0; e < E; ++e) {
@@ -476,7 +457,7 @@ struct Network<T>::State {
         dgates[size_t(rk)] = acc;
       }
       T* dxp = zeros(dxe, ne * d);
-      ffn_backward(p, g, lp.experts[size_t(e)], c.xe[size_t(e)].data(), ne, d, dyp, dxp,
+      ffn_backward(pool, p, g, lp.experts[size_t(e)], c.xe[size_t(e)].data(), ne, d, dyp, dxp,
                    c.ffn[size_t(e)], s1);
       for (int64_t i = 0; i < ne; ++i) {
         T* dxr = dx + (rows[size_t(i)] / K) * d;
@@ -517,7 +498,7 @@ struct Network<T>::State {
       }
     }
     for (int64_t i = 0; i < n * E; ++i) ds[i] *= c.scores[size_t(i)] * (T(1) - c.scores[size_t(i)]);
-    linear_backward(dx, g.data(lp.router), ds, x, p.data(lp.router), n, E, d);
+    linear_backward(pool, dx, g.data(lp.router), ds, x, p.data(lp.router), n, E, d);
   }
 
   // ---- decoder block: h += MLA(norm(h)); h += FFN(norm(h)) ----
@@ -539,7 +520,7 @@ struct Network<T>::State {
     if (lp.moe) {
       bal = moe_forward(p, lp, x2, B, S, out, c.moe, alpha, counts);
     } else {
-      ffn_forward(p, lp.dense, x2, n, d, out, c.dense);
+      ffn_forward(pool, p, lp.dense, x2, n, d, out, c.dense);
     }
     for (int64_t i = 0; i < n * d; ++i) out[i] += h2[i];
     return bal;
@@ -553,7 +534,7 @@ struct Network<T>::State {
     if (lp.moe) {
       moe_backward(p, g, lp, c.x2.data(), B, S, dout, dx2.data(), c.moe, alpha);
     } else {
-      ffn_backward(p, g, lp.dense, c.x2.data(), n, d, dout, dx2.data(), c.dense, s1);
+      ffn_backward(pool, p, g, lp.dense, c.x2.data(), n, d, dout, dx2.data(), c.dense, s1);
     }
     Vec<T> dh2(dout, dout + n * d);
     rms_backward(dh2.data(), d, g.data(lp.ffn_norm), dx2.data(), d, c.h2.data(), d, c.rstd2.data(),
@@ -576,24 +557,30 @@ struct Network<T>::State {
     T* rstd = sized(hn_rstd, n);
     rms_forward(hn, d, h, d, rstd, p.data(norm), n, d, layout.config.rms_norm_eps);
     T* lg = sized(logits, n * V);
-    linear_forward(lg, hn, p.data(layout.lm_head), n, V, d);
+    linear_forward(pool, lg, hn, p.data(layout.lm_head), n, V, d);
+    // Per row: loss, then softmax minus one-hot, scaled (the gradient of weight·mean CE).
+    Vec<double>& row_loss = this->row_loss;
+    row_loss.resize(static_cast<size_t>(n));
+    const T k = T(weight / double(n));
+    pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        T* row = lg + r * V;
+        const T mx = *std::max_element(row, row + V);
+        const T target = row[targets[r]];
+        T sum = 0;
+        for (int64_t v = 0; v < V; ++v) sum += (row[v] = std::exp(row[v] - mx));
+        row_loss[size_t(r)] = double(mx) + std::log(double(sum)) - double(target);
+        const T scale = k / sum;
+        for (int64_t v = 0; v < V; ++v) row[v] *= scale;
+        row[targets[r]] -= k;
+      }
+    }, 16);
     double loss = 0;
-    for (int64_t r = 0; r < n; ++r) {
-      T* row = lg + r * V;
-      const T mx = *std::max_element(row, row + V);
-      double sum = 0;
-      for (int64_t v = 0; v < V; ++v) sum += double(std::exp(row[v] - mx));
-      const double lse = double(mx) + std::log(sum);
-      loss += lse - double(row[targets[r]]);
-      // Softmax minus one-hot, scaled: the gradient of weight·mean CE.
-      const double k = weight / double(n);
-      for (int64_t v = 0; v < V; ++v) row[v] = T(std::exp(double(row[v]) - lse) * k);
-      row[targets[r]] -= T(k);
-    }
+    for (double x : row_loss) loss += x;
     if (g != nullptr) {
       Vec<T>& dhn = s5;
       zeros(dhn, n * d);
-      linear_backward(dhn.data(), g->data(layout.lm_head), lg, hn, p.data(layout.lm_head), n, V, d);
+      linear_backward(pool, dhn.data(), g->data(layout.lm_head), lg, hn, p.data(layout.lm_head), n, V, d);
       std::fill_n(dh, n * d, T(0));
       rms_backward(dh, d, g->data(norm), dhn.data(), d, h, d, rstd, p.data(norm), n, d);
     }
@@ -603,7 +590,9 @@ struct Network<T>::State {
 
 template <class T>
 Network<T>::Network(const ParamLayout& layout, ThreadPool& pool)
-    : s_(std::make_unique<State>(layout, pool)) {}
+    : s_(std::make_unique<State>(layout, pool)) {
+  use_single_threaded_blas();
+}
 
 template <class T>
 Network<T>::~Network() = default;
@@ -623,7 +612,7 @@ std::vector<T> Network<T>::logits(const ParamSet<T>& p, std::span<const int32_t>
   }
   Vec<T> hn(static_cast<size_t>(n * d)), rstd(static_cast<size_t>(n)), out(static_cast<size_t>(n * V));
   rms_forward(hn.data(), d, h.data(), d, rstd.data(), p.data(l.norm), n, d, l.config.rms_norm_eps);
-  linear_forward(out.data(), hn.data(), p.data(l.lm_head), n, V, d);
+  linear_forward(s.pool, out.data(), hn.data(), p.data(l.lm_head), n, V, d);
   return out;
 }
 
@@ -690,7 +679,7 @@ Losses Network<T>::run(const ParamSet<T>& p, std::span<const int32_t> tokens, in
     rms_forward(a + d, 2 * d, hin, d, sized(mc.h_rstd, nk), p.data(mp.hnorm), nk, d, eps);
     Vec<T>& hp = mtp_in[size_t(k - 1)];
     hp.resize(static_cast<size_t>(nk * d));
-    linear_forward(hp.data(), a, p.data(mp.eh_proj), nk, d, 2 * d);
+    linear_forward(s.pool, hp.data(), a, p.data(mp.eh_proj), nk, d, 2 * d);
     mtp_h[size_t(k - 1)].resize(static_cast<size_t>(nk * d));
     out.balance += s.layer_forward(p, mp.layer, hp.data(), B, Sk, mtp_h[size_t(k - 1)].data(),
                                    s.layers[size_t(L + k - 1)], alpha, counts);
@@ -728,7 +717,7 @@ Losses Network<T>::run(const ParamSet<T>& p, std::span<const int32_t> tokens, in
     s.layer_backward(p, g, mp.layer, B, Sk, dmtp[size_t(k - 1)].data(), dhp.data(),
                      s.layers[size_t(L + k - 1)], alpha_scaled);
     Vec<T> da(static_cast<size_t>(nk * 2 * d), T(0));
-    linear_backward(da.data(), g.data(mp.eh_proj), dhp.data(), mc.a.data(), p.data(mp.eh_proj), nk,
+    linear_backward(s.pool, da.data(), g.data(mp.eh_proj), dhp.data(), mc.a.data(), p.data(mp.eh_proj), nk,
                     d, 2 * d);
     Vec<T> de(static_cast<size_t>(nk * d), T(0)), dprev(static_cast<size_t>(nk * d), T(0));
     rms_backward(de.data(), d, g.data(mp.enorm), da.data(), 2 * d, mc.out.data(), d,

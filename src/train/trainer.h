@@ -52,7 +52,7 @@ const std::vector<std::pair<std::string, std::string>>& train_setting_fields();
 
 struct TrainReport {
   int64_t steps_done = 0;
-  double first_loss = 0, last_loss = 0;
+  double first_loss = 0, last_loss = 0;  // main next-token loss of the first and last step
   double val_loss = -1;  // last evaluation, -1 if none
   std::vector<double> first_load, last_load;  // max/mean expert load per MoE layer
   std::string last_checkpoint;
