@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -13,6 +14,7 @@
 #include "model/deepseek.h"
 #include "ops/ref/ref_backend.h"
 #include "tests/test_util.h"
+#include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/network.h"
@@ -471,6 +473,133 @@ TEST(Trainer, RejectsBadSettingsAndData) {
   j["resume"] = "auto";
   j["seq_len"] = 8;
   fails_with(j, "seq_len");
+}
+
+// ---- data shards ----
+
+TEST(TrainData, PrepareTokenizesWithBosAndHoldsOutTheEnd) {
+  test::TempDir tmp;
+  const std::string tok_dir = std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer";
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "Line " + std::to_string(i) + " of a small test text.\n";
+  test::write_file(tmp.file("a.txt"), text);
+  PrepareOptions o;
+  o.tokenizer_dir = tok_dir;
+  o.inputs = {tmp.file("a.txt")};
+  o.out_dir = tmp.file("shards");
+  o.val_fraction = 0.25;
+  auto r = prepare_data(o);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  auto tokenizer = tok::Tokenizer::load(tok_dir);
+  ASSERT_TRUE(tokenizer.ok());
+  const int32_t bos = *tokenizer->token_id(*tokenizer->config().bos_token);
+  // The cut is the line break after 75% of the bytes.
+  const size_t cut = text.find('\n', size_t(double(text.size()) * 0.75)) + 1;
+  auto expect = [&](const std::string& shard, std::string_view part) {
+    auto ids = tokenizer->encode(part, tok::SpecialTokens::kIgnore);
+    ASSERT_TRUE(ids.ok());
+    ids->insert(ids->begin(), bos);
+    auto s = Shard::open(shard);
+    ASSERT_TRUE(s.ok()) << s.error().to_string();
+    ASSERT_EQ(s->size(), int64_t(ids->size()));
+    for (int64_t i = 0; i < s->size(); ++i) EXPECT_EQ(s->at(i), (*ids)[size_t(i)]) << i;
+  };
+  expect(tmp.file("shards/train_00000.bin"), std::string_view(text).substr(0, cut));
+  expect(tmp.file("shards/val_00000.bin"), std::string_view(text).substr(cut));
+  EXPECT_EQ(r->train_tokens + r->val_tokens,
+            Shard::open(tmp.file("shards/train_00000.bin"))->size() +
+                Shard::open(tmp.file("shards/val_00000.bin"))->size());
+  // Ids that need 32 bits are stored as such.
+  std::vector<int32_t> wide = {1, 70000, 129279};
+  ASSERT_TRUE(write_shard(tmp.file("wide.bin"), wide).ok());
+  auto w = Shard::open(tmp.file("wide.bin"));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->at(2), 129279);
+  // Bad requests.
+  o.inputs = {tmp.file("missing.txt")};
+  EXPECT_FALSE(prepare_data(o).ok());
+  o.inputs = {tmp.file("a.txt")};
+  o.val_fraction = 1.0;
+  EXPECT_FALSE(prepare_data(o).ok());
+}
+
+TEST(TrainData, WindowsAreAShuffleWithoutRepeatsWithinAnEpoch) {
+  test::TempDir tmp;
+  std::vector<int32_t> ids(100);
+  for (int i = 0; i < 100; ++i) ids[size_t(i)] = i;
+  ASSERT_TRUE(write_shard(tmp.file("train_00000.bin"), ids).ok());
+  auto stream = WindowStream::open({tmp.path()}, "train", 10, 3);
+  ASSERT_TRUE(stream.ok()) << stream.error().to_string();
+  EXPECT_EQ(stream->windows(), 10);
+  std::vector<int> seen(10, 0);
+  std::vector<int32_t> first_order;
+  int32_t w[10];
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(stream->next(w, 1000).ok());
+    EXPECT_EQ(w[0] % 10, 0);
+    ++seen[size_t(w[0] / 10)];
+    first_order.push_back(w[0]);
+  }
+  for (int c : seen) EXPECT_EQ(c, 1);
+  std::vector<int32_t> second_order;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(stream->next(w, 1000).ok());
+    second_order.push_back(w[0]);
+  }
+  EXPECT_EQ(stream->epoch(), 1);
+  EXPECT_NE(first_order, second_order);  // a new order each epoch
+  // Seeking back reproduces the stream.
+  stream->seek(0, 3);
+  ASSERT_TRUE(stream->next(w, 1000).ok());
+  EXPECT_EQ(w[0], first_order[3]);
+}
+
+TEST(TrainCli, PreparesDataAndTrainsFromAConfigFile) {
+  test::TempDir tmp;
+  const std::string whale = WHALE_BINARY;
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "The whale swims in the sea, number " + std::to_string(i) + ".\n";
+  test::write_file(tmp.file("corpus.txt"), text);
+  std::string out;
+  const std::string tok = std::string(WHALE_SOURCE_DIR) + "/models/deepseek-v3-tokenizer";
+  ASSERT_EQ(test::run_command(whale + " data prepare --tokenizer " + tok + " --input " +
+                                  tmp.file("corpus.txt") + " --out " + tmp.file("data") +
+                                  " --val-fraction 0.1",
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("training tokens"), std::string::npos) << out;
+  // The V3 tokenizer's ids need a model with its vocabulary.
+  nlohmann::json model = nlohmann::json::parse(test::read_file(test::fixture_dir("train_tiny") + "/config.json"));
+  model["vocab_size"] = 129280;
+  model["hidden_size"] = 32;
+  nlohmann::json settings = {{"model", model}, {"data", tmp.file("data")}, {"out", tmp.file("out")},
+                             {"tokenizer", tok}, {"seq_len", 16}, {"batch_size", 2}, {"steps", 3},
+                             {"eval_interval", 2}, {"eval_batches", 1}, {"threads", 2}};
+  test::write_file(tmp.file("train.json"), settings.dump());
+  ASSERT_EQ(test::run_command(whale + " train --config " + tmp.file("train.json") + " --lr 0.003", &out), 0)
+      << out;
+  EXPECT_NE(out.find("step 3/3"), std::string::npos) << out;
+  EXPECT_NE(out.find("val loss"), std::string::npos) << out;
+  EXPECT_NE(out.find("MFU"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(tmp.file("out/checkpoint-000003/tokenizer.json")));
+  const auto log = read_log(tmp.file("out/train_log.jsonl"));
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_DOUBLE_EQ(log[0]["lr"].get<double>(), 0.003 / 100);  // warm-up step 1 of 100
+  // The trained checkpoint runs.
+  ASSERT_EQ(test::run_command(whale + " run " + tmp.file("out/checkpoint-000003") +
+                                  " -p hello -n 4 --temp 0",
+                              &out),
+            0)
+      << out;
+  // Bad input: a missing file, a bad number, an unknown field.
+  EXPECT_EQ(test::run_command(whale + " train --config " + tmp.file("nope.json"), &out), 2);
+  EXPECT_NE(out.find("nope.json"), std::string::npos) << out;
+  EXPECT_EQ(test::run_command(whale + " train --config " + tmp.file("train.json") + " --lr fast", &out), 2);
+  EXPECT_NE(out.find("--lr"), std::string::npos) << out;
+  test::write_file(tmp.file("bad.json"), R"({"modle": {}})");
+  EXPECT_EQ(test::run_command(whale + " train --config " + tmp.file("bad.json"), &out), 2);
+  EXPECT_NE(out.find("modle"), std::string::npos) << out;
 }
 
 }  // namespace
