@@ -157,9 +157,10 @@ json TrainSettings::to_json() const {
 
 namespace {
 
-// Multiply-adds of the matrix products per token, times 6 (forward 2, backward 4), plus causal
-// attention (its score and value products, averaged over positions).
-double train_flops_per_token(const ParamLayout& l, int64_t seq) {
+// Weights of the matrix products one token goes through: attention, the dense FFN or the shared
+// and top-k routed experts with the router, the head, and the MTP modules' block, projection
+// and head.
+double active_matmul_params(const ParamLayout& l) {
   const model::ModelConfig& c = l.config;
   double active = 0;
   auto block = [&](const LayerParams& lp) {
@@ -180,6 +181,14 @@ double train_flops_per_token(const ParamLayout& l, int64_t seq) {
     block(m.layer);
     active += double(l.info(m.eh_proj).numel + l.info(l.lm_head).numel);
   }
+  return active;
+}
+
+// Multiply-adds of the matrix products per token, times 6 (forward 2, backward 4), plus causal
+// attention (its score and value products, averaged over positions).
+double train_flops_per_token(const ParamLayout& l, int64_t seq) {
+  const model::ModelConfig& c = l.config;
+  const double active = active_matmul_params(l);
   const double attn = 3.0 * double(seq) * double(c.num_attention_heads) *
                       double(c.qk_head_dim() + c.v_head_dim) *
                       double(l.layers.size() + l.mtp.size());
@@ -343,9 +352,9 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
   save.after_file = hooks.after_checkpoint_file;
   if (hooks.progress) {
     std::fprintf(hooks.progress,
-                 "train: %lld parameters, %lld tokens in %lld windows of %lld, %d threads, "
-                 "matrix peak %.1f GFLOP/s%s\n",
-                 (long long)layout.total, (long long)train.tokens(), (long long)train.windows(),
+                 "train: %lld parameters (%.2fM active per token), %lld tokens in %lld windows of "
+                 "%lld, %d threads, matrix peak %.1f GFLOP/s%s\n",
+                 (long long)layout.total, active_matmul_params(layout) * 1e-6, (long long)train.tokens(), (long long)train.windows(),
                  (long long)window, pool.size(), report.peak_flops * 1e-9,
                  resume.empty() ? "" : (", resumed from " + resume).c_str());
   }
