@@ -1,8 +1,11 @@
+#include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -31,14 +34,42 @@ void add_serve_command(CLI::App& app, ServeArgs& args) {
       ->check(CLI::Range(0, 3600));
 }
 
+namespace {
+
+// SIGTERM and SIGINT are turned into bytes on a pipe that a watcher thread reads. A handler works
+// whichever thread the signal lands on, including threads libraries started before main (OpenBLAS
+// starts its own at load time, with no signal blocked).
+int signal_pipe[2] = {-1, -1};
+
+void on_stop_signal(int sig) {
+  const char byte = static_cast<char>(sig);
+  [[maybe_unused]] ssize_t n = write(signal_pipe[1], &byte, 1);
+}
+
+// Waits up to `timeout_ms` (-1: forever) for a signal; true if one came.
+bool wait_for_signal(int timeout_ms) {
+  pollfd p{signal_pipe[0], POLLIN, 0};
+  while (true) {
+    const int r = poll(&p, 1, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    char byte;
+    return read(signal_pipe[0], &byte, 1) == 1;
+  }
+}
+
+}  // namespace
+
 int run_serve(const ServeArgs& args) {
-  // SIGTERM and SIGINT are taken by a thread of their own: block them before any thread starts
-  // (threads inherit the mask), so none of them is killed by one.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (pipe(signal_pipe) != 0) {
+    return report("serve", make_error(std::string("cannot create a pipe: ") + std::strerror(errno)));
+  }
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
 
   auto dir = resolve_model_dir(args.model_dir);
   if (!dir.ok()) return report("serve", dir.error());
@@ -65,8 +96,7 @@ int run_serve(const ServeArgs& args) {
   serve::Server server(engine, *m->tokenizer, so);
 
   std::thread watcher([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+    wait_for_signal(-1);
     std::fprintf(stderr, "whale serve: stopping (running requests get up to %d s to finish)\n",
                  args.grace_seconds);
     std::atomic<bool> stopped{false};
@@ -76,9 +106,8 @@ int run_serve(const ServeArgs& args) {
       stopped = true;
     });
     // A second signal while requests drain stops at once.
-    const timespec poll{0, 100'000'000};
     while (!stopped) {
-      if (sigtimedwait(&signals, nullptr, &poll) > 0) {
+      if (wait_for_signal(100)) {
         std::fprintf(stderr, "whale serve: stopping now\n");
         std::_Exit(1);
       }
@@ -91,7 +120,7 @@ int run_serve(const ServeArgs& args) {
       std::string(tok::chat_format_name(*format)).c_str());
   auto status = server.listen();
   if (!status.ok()) {
-    pthread_kill(watcher.native_handle(), SIGTERM);
+    on_stop_signal(SIGTERM);  // wakes the watcher
     watcher.join();
     return report("serve", status.error());
   }
