@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/splitmix.h"
 #include "formats/safetensors.h"
 #include "model/tensor_table.h"
 
@@ -12,15 +13,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// splitmix64: fast, seedable, good enough for weights nobody reads.
-struct Rng {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+// Good enough for weights nobody reads.
+struct Rng : SplitMix64 {
   // Uniform in [-1, 1).
   float uniform() {
     return static_cast<float>(static_cast<double>(next() >> 40) / double(1 << 23) - 1.0);

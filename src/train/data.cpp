@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "core/splitmix.h"
 #include "tokenizer/tokenizer.h"
 
 namespace whale::train {
@@ -151,14 +152,8 @@ void WindowStream::shuffle() {
   order_.resize(starts_.size());
   std::iota(order_.begin(), order_.end(), int64_t{0});
   // Fisher-Yates with splitmix64 seeded by (seed, epoch): the same order on every platform.
-  uint64_t state = seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch_) * 0xD1B54A32D192ED03ull + 1;
-  auto next = [&state] {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[next() % i]);
+  SplitMix64 rng{seed_ * 0x9E3779B97F4A7C15ull + uint64_t(epoch_) * 0xD1B54A32D192ED03ull + 1};
+  for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.next() % i]);
 }
 
 void WindowStream::seek(int64_t epoch, int64_t index) {

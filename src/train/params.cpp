@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/splitmix.h"
+
 namespace whale::train {
 
 size_t ParamLayout::add(const std::string& name, std::vector<int64_t> shape) {
@@ -104,18 +106,10 @@ Result<ParamLayout> ParamLayout::build(const model::ModelConfig& c) {
 
 namespace {
 
-// splitmix64 and Box-Muller: the same numbers on every platform and standard library.
-struct NormalRng {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (double(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0, 1)
+// Box-Muller over splitmix64: the same numbers on every platform and standard library.
+struct NormalRng : SplitMix64 {
   double normal() {
-    return std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform());
+    return std::sqrt(-2.0 * std::log(open_unit())) * std::cos(6.283185307179586 * open_unit());
   }
 };
 
