@@ -158,6 +158,16 @@ int run_train(const TrainArgs& args);
 // `whale data prepare` and `whale data random`.
 int run_data(const CLI::App& app, const DataPrepareArgs& args);
 
+struct TokenizerTrainArgs {
+  int32_t vocab = 0;
+  std::vector<std::string> inputs;
+  std::string out;
+  int64_t min_frequency = 2;
+  std::string template_from;
+};
+void add_tokenizer_train_command(CLI::App& app, TokenizerTrainArgs& args);
+int run_tokenizer_train(const TokenizerTrainArgs& args);
+
 struct SynthArgs {
   std::string config;
   std::string out_dir;

@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   whale::app::TrainArgs train;
   whale::app::DataPrepareArgs data_prepare;
   whale::app::add_train_commands(app, train, data_prepare);
+  whale::app::TokenizerTrainArgs tokenizer_train;
+  whale::app::add_tokenizer_train_command(app, tokenizer_train);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("synth")) return whale::app::run_synth(synth);
   if (app.got_subcommand("quantize")) return whale::app::run_quantize(quantize);
   if (app.got_subcommand("compare")) return whale::app::run_compare(compare);
+  if (app.got_subcommand("tokenizer")) return whale::app::run_tokenizer_train(tokenizer_train);
   if (app.got_subcommand("train")) return whale::app::run_train(train);
   if (app.got_subcommand("data")) return whale::app::run_data(app, data_prepare);
   if (app.got_subcommand("tokenize")) return whale::app::run_tokenize(tokenize);
