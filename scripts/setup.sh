@@ -5,6 +5,7 @@ packages=(
   g++ cmake ninja-build            # C++20 toolchain
   nlohmann-json3-dev               # config.json, safetensors headers, tokenizer.json
   libopenblas-dev                  # matrix products of the trainer
+  libopenmpi-dev openmpi-bin       # data-parallel training (mpirun -np K whale train)
   libcli11-dev                     # the whale command line
   libcpp-httplib-dev pkg-config    # whale serve
   libgtest-dev libgmock-dev        # tests

@@ -602,5 +602,47 @@ TEST(TrainCli, PreparesDataAndTrainsFromAConfigFile) {
   EXPECT_NE(out.find("modle"), std::string::npos) << out;
 }
 
+// `mpirun -np 2 whale train` against one process with the same global batch: each rank runs
+// half of every micro-batch and the gradients are summed, so the losses agree up to the order
+// of floating-point sums.
+TEST(TrainMpi, TwoRanksMatchOneProcess) {
+  std::string out;
+  if (test::run_command("command -v mpirun", &out) != 0) GTEST_SKIP() << "mpirun is not installed";
+  test::TempDir tmp;
+  random_shard(tmp.path(), 20000, 7);
+  const std::string whale = WHALE_BINARY;
+  const std::string common = " train --model " + test::fixture_dir("train_tiny") + "/config.json --data " +
+                             tmp.path() + " --seq-len 16 --grad-accum 2 --steps 6" +
+                             " --lr 1e-2 --log-interval 1 --threads 1 --eval-interval 0";
+  ASSERT_EQ(test::run_command(whale + common + " --batch-size 4 --out " + tmp.file("one"), &out), 0) << out;
+  // Root may run mpirun here only when told so; leak checking is off for MPI's own allocations.
+  const std::string env =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader "
+      "ASAN_OPTIONS=detect_leaks=0 ";
+  ASSERT_EQ(test::run_command(env + "mpirun -np 2 --oversubscribe " + whale + common +
+                                  " --batch-size 4 --out " + tmp.file("two"),
+                              &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("2 ranks"), std::string::npos) << out;
+  const auto one = read_log(tmp.file("one/train_log.jsonl"));
+  const auto two = read_log(tmp.file("two/train_log.jsonl"));
+  ASSERT_EQ(one.size(), 6u);
+  ASSERT_EQ(two.size(), 6u);
+  for (size_t i = 0; i < one.size(); ++i) {
+    const double a = one[i]["total_loss"].get<double>(), b = two[i]["total_loss"].get<double>();
+    EXPECT_NEAR(a, b, 1e-6 * std::abs(a)) << "step " << i + 1;
+    EXPECT_EQ(one[i]["expert_load"], two[i]["expert_load"]) << "step " << i + 1;
+  }
+  // One checkpoint, written once.
+  EXPECT_TRUE(std::filesystem::exists(tmp.file("two/checkpoint-000006/model.safetensors")));
+  // A batch that does not split evenly is refused on every rank.
+  EXPECT_NE(test::run_command(env + "mpirun -np 2 --oversubscribe " + whale + common +
+                                  " --batch-size 3 --out " + tmp.file("three"),
+                              &out),
+            0);
+  EXPECT_NE(out.find("not a multiple"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace whale::train

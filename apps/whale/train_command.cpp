@@ -109,6 +109,7 @@ int run_train(const TrainArgs& args) {
   auto result = train::run_training(*settings, hooks);
   if (!result.ok()) return report("train", result.error());
   const auto& r = *result;
+  if (!r.root) return 0;  // rank 0 reports for the job
   std::printf("trained %lld steps: loss %.4f -> %.4f", (long long)r.steps_done, r.first_loss,
               r.last_loss);
   if (r.val_loss >= 0) std::printf(", validation loss %.4f", r.val_loss);

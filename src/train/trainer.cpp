@@ -9,6 +9,7 @@
 #include "model/config.h"
 #include "train/blas.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/network.h"
 #include "train/optimizer.h"
 
@@ -276,6 +277,12 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
                           std::to_string(config.max_position_embeddings),
                       "seq_len");
   }
+  const Communicator& comm = Communicator::world();
+  if (s.batch_size % comm.size() != 0) {
+    return make_error("batch_size " + std::to_string(s.batch_size) + " is not a multiple of the " +
+                          std::to_string(comm.size()) + " ranks",
+                      "batch_size", {}, "each rank takes an equal share of every micro-batch");
+  }
   ThreadPool pool(s.threads);
   use_single_threaded_blas();
   std::error_code ec;
@@ -304,6 +311,9 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
   } else {
     init_params(params, s.init_std, s.seed);
   }
+  // Every rank starts from rank 0's weights (they are equal already unless files differ).
+  comm.broadcast(params.values);
+  for (auto& b : params.biases) comm.broadcast(b);
   AdamW adam(layout, {s.beta1, s.beta2, s.eps, s.weight_decay});
   if (!resume.empty()) {
     adam.m() = std::move(state.m);
@@ -337,25 +347,36 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
   const Schedule schedule{s.lr, s.min_lr, s.warmup, s.steps};
   const LossSettings loss_settings{s.mtp_lambda, s.balance_alpha};
   const int64_t B = s.batch_size, S = s.seq_len, E = config.n_routed_experts;
+  // This rank's sequences of each micro-batch: [rank·local_B, (rank + 1)·local_B).
+  const int64_t local_B = B / comm.size(), first_seq = comm.rank() * local_B;
   std::vector<int32_t> tokens(size_t(B * window));
   std::vector<std::vector<int64_t>> counts(size_t(layout.n_moe_layers), std::vector<int64_t>(size_t(E)));
 
   TrainReport report;
-  report.peak_flops = measure_matmul_peak(pool);
+  {  // the job's peak: every rank's pool
+    std::vector<double> peak{measure_matmul_peak(pool)};
+    comm.sum(peak);
+    report.peak_flops = peak[0];
+  }
+  const bool root = comm.is_root();
+  report.root = root;
   const double flops_per_token = train_flops_per_token(layout, S);
   const std::string log_path = (fs::path(s.out) / "train_log.jsonl").string();
-  std::ofstream log(log_path, std::ios::app);
+  std::ofstream log;
+  if (root) log.open(log_path, std::ios::app);
   const json settings_json = s.to_json();
   SaveOptions save;
   save.config_json = s.model.dump(2) + "\n";
   save.tokenizer_dir = s.tokenizer;
   save.after_file = hooks.after_checkpoint_file;
-  if (hooks.progress) {
-    std::fprintf(hooks.progress,
+  FILE* progress = root ? hooks.progress : nullptr;
+  if (progress) {
+    std::fprintf(progress,
                  "train: %lld parameters (%.2fM active per token), %lld tokens in %lld windows of "
-                 "%lld, %d threads, matrix peak %.1f GFLOP/s%s\n",
-                 (long long)layout.total, active_matmul_params(layout) * 1e-6, (long long)train.tokens(), (long long)train.windows(),
-                 (long long)window, pool.size(), report.peak_flops * 1e-9,
+                 "%lld, %s, %d threads per process, matrix peak %.1f GFLOP/s%s\n",
+                 (long long)layout.total, active_matmul_params(layout) * 1e-6,
+                 (long long)train.tokens(), (long long)train.windows(), (long long)window,
+                 comm.describe().c_str(), pool.size(), report.peak_flops * 1e-9,
                  resume.empty() ? "" : (", resumed from " + resume).c_str());
   }
 
@@ -382,9 +403,14 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
     st.m = adam.m();
     st.v = adam.v();
     const std::string dir = (fs::path(s.out) / checkpoint_name(step)).string();
-    WHALE_TRY(save_checkpoint(dir, params, st, save));
+    // Rank 0 writes; every rank learns whether it worked, so none waits for a rank that stopped.
+    Status saved = root ? save_checkpoint(dir, params, st, save) : ok_status();
+    std::vector<int64_t> failed{saved.ok() ? 0 : 1};
+    comm.sum(failed);
+    if (!saved.ok()) return saved;
+    if (failed[0] > 0) return make_error("rank 0 could not save the checkpoint", {}, dir);
     report.last_checkpoint = dir;
-    if (hooks.progress) std::fprintf(hooks.progress, "train: saved %s\n", dir.c_str());
+    if (progress) std::fprintf(progress, "train: saved %s\n", dir.c_str());
     return ok_status();
   };
 
@@ -399,15 +425,29 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
     Losses sum;
     sum.mtp_modules.assign(layout.mtp.size(), 0.0);
     for (int64_t micro = 0; micro < s.grad_accum; ++micro) {
+      // Every rank reads the whole micro-batch (the streams stay in step) and runs its share.
       for (int64_t b = 0; b < B; ++b) WHALE_TRY(train.next(tokens.data() + b * window, config.vocab_size));
-      const Losses l = net.run(params, tokens, B, S, loss_settings, &grads,
-                               1.0f / float(s.grad_accum), &counts);
-      const double k = 1.0 / double(s.grad_accum);
+      const std::span<const int32_t> mine(tokens.data() + first_seq * window, size_t(local_B * window));
+      const Losses l = net.run(params, mine, local_B, S, loss_settings, &grads,
+                               1.0f / float(s.grad_accum * comm.size()), &counts);
+      const double k = 1.0 / double(s.grad_accum * comm.size());
       sum.main += l.main * k;
       sum.mtp += l.mtp * k;
       sum.balance += l.balance * k;
       sum.total += l.total * k;
       for (size_t i = 0; i < l.mtp_modules.size(); ++i) sum.mtp_modules[i] += l.mtp_modules[i] * k;
+    }
+    if (comm.size() > 1) {  // the global batch's gradient, losses and expert counts
+      comm.sum(grads.values);
+      std::vector<double> losses{sum.main, sum.mtp, sum.balance, sum.total};
+      losses.insert(losses.end(), sum.mtp_modules.begin(), sum.mtp_modules.end());
+      comm.sum(losses);
+      sum.main = losses[0];
+      sum.mtp = losses[1];
+      sum.balance = losses[2];
+      sum.total = losses[3];
+      std::copy(losses.begin() + 4, losses.end(), sum.mtp_modules.begin());
+      for (auto& c : counts) comm.sum(c);
     }
     const double norm = clip_gradients(grads.values, s.grad_clip);
     if (!std::isfinite(sum.total) || !std::isfinite(norm)) {
@@ -449,16 +489,16 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
       entry["mfu"] = mfu;
       const double elapsed = std::chrono::duration<double>(now - start).count();
       const double eta = elapsed / double(step + 1 - first) * double(end - step - 1);
-      if (hooks.progress) {
+      if (progress) {
         double worst = 0;
         for (double x : load) worst = std::max(worst, x);
-        std::fprintf(hooks.progress,
+        std::fprintf(progress,
                      "step %lld/%lld | loss %.4f | mtp %.4f | lr %.2e | grad %.3f | load %.2f | "
                      "%.0f tok/s | MFU %.1f%% | ETA %s\n",
                      (long long)(step + 1), (long long)s.steps, sum.main,
                      sum.mtp_modules.empty() ? 0.0 : sum.mtp_modules[0], lr, norm, worst, tps,
                      100.0 * mfu, format_duration(eta).c_str());
-        std::fflush(hooks.progress);
+        std::fflush(progress);
       }
       interval_start = now;
       interval_tokens = 0;
@@ -468,13 +508,15 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
       report.val_loss = v.first;
       entry["val_loss"] = v.first;
       entry["val_mtp_loss"] = v.second;
-      if (hooks.progress) {
-        std::fprintf(hooks.progress, "eval step %lld | val loss %.4f | val ppl %.2f | val mtp %.4f\n",
+      if (progress) {
+        std::fprintf(progress, "eval step %lld | val loss %.4f | val ppl %.2f | val mtp %.4f\n",
                      (long long)(step + 1), v.first, std::exp(v.first), v.second);
       }
     }
-    log << entry.dump() << "\n";
-    log.flush();
+    if (root) {
+      log << entry.dump() << "\n";
+      log.flush();
+    }
     if ((s.checkpoint_interval > 0 && (step + 1) % s.checkpoint_interval == 0) || last) {
       WHALE_TRY(save_at(step + 1));
     }

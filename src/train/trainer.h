@@ -51,6 +51,7 @@ struct TrainSettings {
 const std::vector<std::pair<std::string, std::string>>& train_setting_fields();
 
 struct TrainReport {
+  bool root = true;  // this process is rank 0 (the one that writes and reports)
   int64_t steps_done = 0;
   double first_loss = 0, last_loss = 0;  // main next-token loss of the first and last step
   double val_loss = -1;  // last evaluation, -1 if none
