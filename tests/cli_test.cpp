@@ -256,9 +256,10 @@ TEST_F(CliGeneration, BadInputGivesOneClearMessage) {
                                                                              << out;
     EXPECT_NE(out.find(c.expected), std::string::npos) << c.args << "\n" << out;
   }
+  // $WHALE_MODEL, when set, is used instead of the bundled model.
   std::string out;
-  EXPECT_EQ(run_command("env -u WHALE_MODEL " + whale() + " run -p hi", &out), 2);
-  EXPECT_NE(out.find("no model given"), std::string::npos) << out;
+  EXPECT_EQ(run_command("WHALE_MODEL=/nonexistent " + whale() + " run -p hi", &out), 2);
+  EXPECT_NE(out.find("config.json not found"), std::string::npos) << out;
 }
 
 TEST_F(CliGeneration, ChatReadsPipedInput) {
@@ -269,6 +270,24 @@ TEST_F(CliGeneration, ChatReadsPipedInput) {
             0)
       << out;
   EXPECT_NE(out.find("(conversation cleared)"), std::string::npos) << out;
+}
+
+// With no model given, run and chat use the bundled whale-mini (models/whale-mini).
+TEST(Cli, BundledModelAnswersWithoutAModelDirectory) {
+  const std::string bundled = std::string(WHALE_SOURCE_DIR) + "/models/whale-mini";
+  ASSERT_TRUE(std::filesystem::exists(bundled + "/config.json"));
+  std::string out;
+  ASSERT_EQ(run_command("env -u WHALE_MODEL " + whale() + " run -p 'In the beginning' -n 12 --temp 0",
+                        &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("generated: 12 tokens"), std::string::npos) << out;
+  EXPECT_NE(out.find("whale-mini"), std::string::npos) << out;  // the model is named
+  ASSERT_EQ(run_command("printf 'Tell me about the sea\n' | env -u WHALE_MODEL " + whale() +
+                            " chat -n 8 --temp 0",
+                        &out),
+            0)
+      << out;
 }
 
 }  // namespace

@@ -11,7 +11,7 @@ ModelSummary summarize(const ModelConfig& c, const Checkpoint* ckpt) {
   for (const TensorSpec& spec : tensor_table(c, &scratch)) {
     int64_t numel = 1;
     for (int64_t dim : spec.shape) numel *= dim;
-    if (spec.group == TensorGroup::kMtp) {
+    if (spec.group != TensorGroup::kMain) {  // the MTP module, its embedding and head copies too
       s.params_mtp += numel;
       if (ckpt && ckpt->find(spec.checkpoint)) s.has_mtp_tensors = true;
       continue;

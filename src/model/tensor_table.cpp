@@ -162,9 +162,11 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, ModelWeights* w) {
     t.add(b + "enorm", p + "enorm.weight", {d}, TensorKind::kNorm, &m.enorm);
     t.add(b + "hnorm", p + "hnorm.weight", {d}, TensorKind::kNorm, &m.hnorm);
     t.add(b + "eh_proj", p + "eh_proj.weight", {d, 2 * d}, TensorKind::kLinear, &m.eh_proj);
-    t.add(b + "embed", p + "embed_tokens.weight", {v, d}, TensorKind::kTable, &m.embed);
     t.add(b + "head_norm", p + "shared_head.norm.weight", {d}, TensorKind::kNorm, &m.head_norm);
+    t.group = TensorGroup::kMtpShared;
+    t.add(b + "embed", p + "embed_tokens.weight", {v, d}, TensorKind::kTable, &m.embed);
     t.add(b + "head", p + "shared_head.head.weight", {v, d}, TensorKind::kTable, &m.head);
+    t.group = TensorGroup::kMtp;
     t.layer(l, &m.layer);
   }
   return specs;
@@ -258,6 +260,10 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
   }
   if (mtp_found == 0) w.mtp.clear();
   if (c.tie_word_embeddings && !w.lm_head.data) w.lm_head = w.embed;
+  for (MtpWeights& m : w.mtp) {
+    if (!m.embed.data) m.embed = w.embed;
+    if (!m.head.data) m.head = w.lm_head;
+  }
   return w;
 }
 

@@ -18,7 +18,10 @@ enum class TensorKind {
   kTable,   // embedding or output head: bf16 / f16 / f32
 };
 
-enum class TensorGroup { kMain, kMtp };
+// kMtpShared: an MTP module's copies of the embedding and output head. DeepSeek's checkpoints
+// store them; a checkpoint may leave them out, and the module then uses the main ones (which is
+// what training shares anyway).
+enum class TensorGroup { kMain, kMtp, kMtpShared };
 
 struct TensorSpec {
   std::string logical;     // "blk.3.attn.kv_b"

@@ -43,13 +43,9 @@ Status write_files(const std::string& tmp, const ParamSet<float>& params, const 
     tensors.push_back({l.bias_name(k), DType::kF32, {l.config.n_routed_experts},
                        params.biases[size_t(k)].data()});
   }
-  // The MTP modules share the embedding and head; DeepSeek checkpoints store copies of both.
-  for (size_t k = 0; k < l.mtp.size(); ++k) {
-    const std::string p = "model.layers." + std::to_string(l.config.num_hidden_layers + int64_t(k)) + ".";
-    tensors.push_back({p + "embed_tokens.weight", DType::kF32, l.info(l.embed).shape, params.data(l.embed)});
-    tensors.push_back({p + "shared_head.head.weight", DType::kF32, l.info(l.lm_head).shape,
-                       params.data(l.lm_head)});
-  }
+  // The MTP modules share the embedding and head. DeepSeek's checkpoints store copies of both
+  // under the module; these do not (whale's loader shares the main ones when they are absent,
+  // and transformers ignores the module), which saves two vocabulary-sized matrices.
   const std::string model = (fs::path(tmp) / "model.safetensors").string();
   WHALE_TRY(write_safetensors(model, tensors, {{"format", "pt"}}));
   WHALE_TRY(done(model));
@@ -58,7 +54,10 @@ Status write_files(const std::string& tmp, const ParamSet<float>& params, const 
                          {"adam_step", state.adam_step},
                          {"data_epoch", state.data_epoch},
                          {"data_index", state.data_index}};
-  const std::string st = (fs::path(tmp) / "trainer_state.safetensors").string();
+  // In a subdirectory: loaders that take every *.safetensors of a model directory as its
+  // weights must not see the optimizer state.
+  fs::create_directories(fs::path(tmp) / kStateDir);
+  const std::string st = (fs::path(tmp) / kStateDir / kStateFile).string();
   WHALE_TRY(write_safetensors(st,
                               {{"adam.m", DType::kF32, {l.total}, state.m.data()},
                                {"adam.v", DType::kF32, {l.total}, state.v.data()}},
@@ -151,7 +150,7 @@ Status load_params(const std::string& dir, ParamSet<float>& params) {
 }
 
 Result<TrainerState> load_trainer_state(const std::string& dir, int64_t total) {
-  const std::string path = (fs::path(dir) / "trainer_state.safetensors").string();
+  const std::string path = (fs::path(dir) / kStateDir / kStateFile).string();
   WHALE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::open(path));
   TrainerState s;
   s.m.resize(size_t(total));

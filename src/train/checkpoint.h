@@ -1,6 +1,6 @@
 // Training checkpoints: a normal model directory (config.json, model.safetensors in f32 with the
 // checkpoint's own tensor names, the tokenizer files) that `whale run` and transformers load,
-// plus trainer_state.safetensors with the AdamW moments and, in its metadata, the step, the data
+// plus trainer/state.safetensors with the AdamW moments and, in its metadata, the step, the data
 // position and the training settings. A checkpoint is written into a temporary directory and
 // renamed into place, so a directory named checkpoint-NNNNNN is always complete.
 #pragma once
@@ -13,6 +13,9 @@
 #include "train/params.h"
 
 namespace whale::train {
+
+inline constexpr const char* kStateDir = "trainer";
+inline constexpr const char* kStateFile = "state.safetensors";
 
 struct TrainerState {
   int64_t step = 0;       // optimizer steps done
@@ -37,7 +40,7 @@ Status save_checkpoint(const std::string& dir, const ParamSet<float>& params,
 // Reads every parameter and correction bias of `params`' layout from a model directory (f32,
 // bf16 or f16 tensors). Names and shapes must match.
 Status load_params(const std::string& dir, ParamSet<float>& params);
-// Reads DIR/trainer_state.safetensors for a layout of `total` parameters.
+// Reads DIR/trainer/state.safetensors for a layout of `total` parameters.
 Result<TrainerState> load_trainer_state(const std::string& dir, int64_t total);
 
 }  // namespace whale::train

@@ -188,6 +188,7 @@ struct Network<T>::State {
   Vec<T> h0, hL, hn, hn_rstd, logits;
   Vec<T> s1, s2, s3, s4, s5;  // backward scratch
   Vec<double> row_loss;
+  std::vector<char> row_hit;
 
   State(const ParamLayout& l, ThreadPool& p)
       : layout(l), pool(p), dims(l.config), rope_tables(model::make_rope_tables(l.config)),
@@ -551,7 +552,7 @@ struct Network<T>::State {
   // logits = head(norm(h)) for n rows; returns mean CE against targets and, when dh is given,
   // writes dh = weight·dCE/dh (overwrites) and adds head/norm gradients.
   double head_loss(const ParamSet<T>& p, ParamSet<T>* g, size_t norm, const T* h, int64_t n,
-                   const int32_t* targets, double weight, T* dh) {
+                   const int32_t* targets, double weight, T* dh, double* accuracy) {
     const int64_t d = dims.d, V = layout.config.vocab_size;
     T* hn = sized(this->hn, n * d);
     T* rstd = sized(hn_rstd, n);
@@ -561,6 +562,7 @@ struct Network<T>::State {
     // Per row: loss, then softmax minus one-hot, scaled (the gradient of weight·mean CE).
     Vec<double>& row_loss = this->row_loss;
     row_loss.resize(static_cast<size_t>(n));
+    row_hit.resize(static_cast<size_t>(n));
     const T k = T(weight / double(n));
     pool.parallel_for(n, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -570,6 +572,7 @@ struct Network<T>::State {
         T sum = 0;
         for (int64_t v = 0; v < V; ++v) sum += (row[v] = std::exp(row[v] - mx));
         row_loss[size_t(r)] = double(mx) + std::log(double(sum)) - double(target);
+        row_hit[size_t(r)] = target == mx ? 1 : 0;  // the target is the top-1 prediction
         const T scale = k / sum;
         for (int64_t v = 0; v < V; ++v) row[v] *= scale;
         row[targets[r]] -= k;
@@ -577,6 +580,11 @@ struct Network<T>::State {
     }, 16);
     double loss = 0;
     for (double x : row_loss) loss += x;
+    if (accuracy != nullptr) {
+      int64_t hits = 0;
+      for (char x : row_hit) hits += x;
+      *accuracy = double(hits) / double(n);
+    }
     if (g != nullptr) {
       Vec<T>& dhn = s5;
       zeros(dhn, n * d);
@@ -647,7 +655,7 @@ Losses Network<T>::run(const ParamSet<T>& p, std::span<const int32_t> tokens, in
   Vec<T> dhL;
   if (grads != nullptr) dhL.resize(static_cast<size_t>(n * d));
   out.main = s.head_loss(p, grads, l.norm, hs[size_t(L)].data(), n, targets.data(), double(scale),
-                         grads ? dhL.data() : nullptr);
+                         grads ? dhL.data() : nullptr, &out.main_accuracy);
 
   // MTP modules: module k runs on S − k positions per sequence.
   const double mtp_weight = D > 0 ? settings.mtp_lambda / double(D) : 0.0;
@@ -659,6 +667,7 @@ Losses Network<T>::run(const ParamSet<T>& p, std::span<const int32_t> tokens, in
     const int64_t Sk = S - k, Sprev = S - k + 1, nk = B * Sk;
     if (Sk <= 0) {
       out.mtp_modules.push_back(0);
+      out.mtp_accuracy.push_back(0);
       continue;
     }
     const Vec<T>& prev = k == 1 ? hs[size_t(L)] : mtp_h[size_t(k - 2)];
@@ -696,11 +705,13 @@ Losses Network<T>::run(const ParamSet<T>& p, std::span<const int32_t> tokens, in
       for (int64_t i = 0; i < Sk; ++i) tg[size_t(b * Sk + i)] = tok(b, i + k + 1);
     }
     if (grads != nullptr) dmtp[size_t(k - 1)].resize(static_cast<size_t>(nk * d));
+    double acc = 0;
     const double lk = s.head_loss(p, grads, l.mtp[size_t(k - 1)].head_norm,
                                   mtp_h[size_t(k - 1)].data(), nk, tg.data(),
                                   double(scale) * mtp_weight,
-                                  grads ? dmtp[size_t(k - 1)].data() : nullptr);
+                                  grads ? dmtp[size_t(k - 1)].data() : nullptr, &acc);
     out.mtp_modules.push_back(lk);
+    out.mtp_accuracy.push_back(acc);
     out.mtp += mtp_weight * lk;
   }
   out.total = out.main + out.mtp + out.balance;

@@ -37,6 +37,8 @@ struct Losses {
   double balance = 0;
   double total = 0;
   std::vector<double> mtp_modules;  // L_k, unweighted
+  double main_accuracy = 0;          // share of positions whose target is the top-1 prediction
+  std::vector<double> mtp_accuracy;  // the same for each MTP module (token i + k + 1)
 };
 
 template <class T>

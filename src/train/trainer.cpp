@@ -380,18 +380,26 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
                  resume.empty() ? "" : (", resumed from " + resume).c_str());
   }
 
-  auto evaluate = [&]() -> Result<std::pair<double, double>> {
-    double main = 0, mtp = 0;
+  struct Eval {
+    double main = 0, mtp = 0, main_accuracy = 0, mtp_accuracy = 0;
+  };
+  auto evaluate = [&]() -> Result<Eval> {
+    Eval e;
     int64_t w = 0;
     for (int64_t i = 0; i < s.eval_batches; ++i) {
       for (int64_t b = 0; b < B; ++b, ++w) {
         WHALE_TRY(val->window(w % val->windows(), tokens.data() + b * window, config.vocab_size));
       }
       const Losses l = net.run(params, tokens, B, S, loss_settings, nullptr, 1.0f, nullptr);
-      main += l.main;
-      mtp += l.mtp_modules.empty() ? 0.0 : l.mtp_modules[0];
+      const double k = 1.0 / double(s.eval_batches);
+      e.main += l.main * k;
+      e.main_accuracy += l.main_accuracy * k;
+      if (!l.mtp_modules.empty()) {
+        e.mtp += l.mtp_modules[0] * k;
+        e.mtp_accuracy += l.mtp_accuracy[0] * k;
+      }
     }
-    return std::pair{main / double(s.eval_batches), mtp / double(s.eval_batches)};
+    return e;
   };
   auto save_at = [&](int64_t step) -> Status {
     TrainerState st;
@@ -504,13 +512,18 @@ Result<TrainReport> run_training(const TrainSettings& s, const TrainHooks& hooks
       interval_tokens = 0;
     }
     if (val && ((step + 1) % s.eval_interval == 0 || last)) {
-      WHALE_ASSIGN_OR_RETURN(auto v, evaluate());
-      report.val_loss = v.first;
-      entry["val_loss"] = v.first;
-      entry["val_mtp_loss"] = v.second;
+      WHALE_ASSIGN_OR_RETURN(Eval v, evaluate());
+      report.val_loss = v.main;
+      entry["val_loss"] = v.main;
+      entry["val_accuracy"] = v.main_accuracy;
+      entry["val_mtp_loss"] = v.mtp;
+      entry["val_mtp_accuracy"] = v.mtp_accuracy;
       if (progress) {
-        std::fprintf(progress, "eval step %lld | val loss %.4f | val ppl %.2f | val mtp %.4f\n",
-                     (long long)(step + 1), v.first, std::exp(v.first), v.second);
+        std::fprintf(progress,
+                     "eval step %lld | val loss %.4f | val ppl %.2f | top-1 %.1f%% | val mtp %.4f | "
+                     "mtp top-1 %.1f%%\n",
+                     (long long)(step + 1), v.main, std::exp(v.main), 100 * v.main_accuracy, v.mtp,
+                     100 * v.mtp_accuracy);
       }
     }
     if (root) {
