@@ -187,18 +187,20 @@ Status WindowStream::next(int32_t* out, int64_t vocab_size) {
 
 namespace {
 
-// Writes `ids` as PREFIX_00000.bin, PREFIX_00001.bin, ... of at most shard_tokens each.
+// Writes `ids` as PREFIX_00000.bin, PREFIX_00001.bin, ... of at most shard_tokens each (one
+// empty shard when there are no ids).
 Status write_split(const std::string& dir, const std::string& prefix, std::span<const int32_t> ids,
                    int64_t shard_tokens, std::vector<std::string>& files) {
-  for (size_t i = 0, k = 0; i < ids.size() || k == 0; i += size_t(shard_tokens), ++k) {
+  size_t i = 0, k = 0;
+  do {
     char name[64];
-    std::snprintf(name, sizeof name, "%s_%05zu.bin", prefix.c_str(), k);
+    std::snprintf(name, sizeof name, "%s_%05zu.bin", prefix.c_str(), k++);
     const std::string path = (fs::path(dir) / name).string();
-    const size_t n = std::min(size_t(shard_tokens), ids.size() - std::min(ids.size(), i));
-    WHALE_TRY(write_shard(path, ids.subspan(std::min(i, ids.size()), n)));
+    const size_t n = std::min(size_t(shard_tokens), ids.size() - i);
+    WHALE_TRY(write_shard(path, ids.subspan(i, n)));
     files.push_back(path);
-    if (ids.empty()) break;
-  }
+    i += n;
+  } while (i < ids.size());
   return ok_status();
 }
 

@@ -68,7 +68,13 @@ struct Rope {
   int64_t half = 0;
   Vec<T> cos, sin;  // [seq, half], amplitude folded in
 
+  int64_t positions = 0;  // the tables cover positions [0, positions)
+
+  // Tables for positions [0, seq); kept when they already cover them (every training step
+  // asks for the same length).
   void build(const model::RopeTables& tables, int64_t seq) {
+    if (seq <= positions) return;
+    positions = seq;
     half = int64_t(tables.inv_freq.size());
     cos.resize(static_cast<size_t>(seq * half));
     sin.resize(static_cast<size_t>(seq * half));
@@ -329,12 +335,15 @@ struct Network<T>::State {
 
   // Picks K experts for one token on s + bias within the best topk_group groups (groups ranked
   // by the sum of their two best biased scores). Ties go to the lower index.
-  void select(const T* s, const T* bias, int32_t* out) const {
+  std::vector<std::pair<T, int64_t>> groups;  // select()'s scratch, kept across tokens
+  std::vector<std::pair<T, int32_t>> cand;
+
+  void select(const T* s, const T* bias, int32_t* out) {
     const model::ModelConfig& c = layout.config;
     const int64_t E = c.n_routed_experts, G = c.n_group, per = E / G, K = c.num_experts_per_tok;
     T biased[kMaxExperts];
     for (int64_t e = 0; e < E; ++e) biased[e] = s[e] + bias[e];
-    std::vector<std::pair<T, int64_t>> groups;
+    groups.clear();
     for (int64_t gi = 0; gi < G; ++gi) {
       T best = -std::numeric_limits<T>::infinity(), second = best;
       for (int64_t e = gi * per; e < (gi + 1) * per; ++e) {
@@ -349,7 +358,7 @@ struct Network<T>::State {
     }
     std::stable_sort(groups.begin(), groups.end(),
                      [](const auto& a, const auto& b) { return a.first > b.first; });
-    std::vector<std::pair<T, int32_t>> cand;
+    cand.clear();
     for (int64_t k = 0; k < c.topk_group; ++k) {
       const int64_t gi = groups[size_t(k)].second;
       for (int64_t e = gi * per; e < (gi + 1) * per; ++e) cand.push_back({biased[e], int32_t(e)});

@@ -201,16 +201,15 @@ double train_flops_per_token(const ParamLayout& l, int64_t seq) {
 double measure_matmul_peak(ThreadPool& pool) {
   const int64_t n = 1024;
   std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
-  auto gemm = [&](bool, bool, int64_t m, int64_t nn, int64_t k, float alpha, const float* pa,
-                  int64_t lda, const float* pb, int64_t ldb, float beta, float* pc, int64_t ldc) {
-    parallel_gemm(pool, false, false, m, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+  auto product = [&] {
+    parallel_gemm(pool, false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
   };
-  gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+  product();  // warm-up
   const auto start = std::chrono::steady_clock::now();
   int reps = 0;
   double elapsed = 0;
   do {
-    gemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    product();
     ++reps;
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   } while (elapsed < 0.3);
