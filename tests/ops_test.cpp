@@ -328,6 +328,36 @@ TEST_P(CpuOps, AttentionWithSpreadScores) {
   }
 }
 
+// Absorbed MLA's shape: one kv head for many query heads (a partial block of 16 among them), a
+// lone decode query whose keys the threads split, and several queries at different positions.
+TEST_P(CpuOps, MultiQueryAttentionSplitsKeys) {
+  for (const int64_t heads : {int64_t{16}, int64_t{20}, int64_t{3}}) {
+    for (const int64_t n_q : {int64_t{1}, int64_t{5}}) {
+      ops::AttentionArgs a;
+      a.n_q = n_q, a.n_kv = 203, a.n_heads = heads, a.kv_heads = 1, a.dk = 37, a.dv = 29;
+      const int64_t row = 41;  // keys and values share cache rows: [value | rest]
+      const auto q = random_vector(static_cast<size_t>(a.n_q * a.n_heads * a.dk), 51, 3.0f);
+      const auto kv = random_vector(static_cast<size_t>(a.n_kv * row), 52);
+      std::vector<int32_t> pos(static_cast<size_t>(a.n_q));
+      for (int64_t t = 0; t < a.n_q; ++t)
+        pos[static_cast<size_t>(t)] = static_cast<int32_t>(a.n_kv - 1 - 40 * t);
+      a.q = q.data(), a.q_row = a.n_heads * a.dk, a.q_head = a.dk;
+      a.k = kv.data() + 4, a.k_row = row, a.k_head = 0;
+      a.v = kv.data(), a.v_row = row, a.v_head = 0;
+      a.q_pos = pos.data();
+      a.scale = 0.15f;
+      std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o_ref(o_cpu.size());
+      a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
+      a.out = o_cpu.data();
+      cpu_.attention(a);
+      a.out = o_ref.data();
+      ref_.attention(a);
+      SCOPED_TRACE("heads " + std::to_string(heads) + ", queries " + std::to_string(n_q));
+      expect_close(o_cpu, o_ref, 1e-5f);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, CpuOps, ::testing::ValuesIn(cpu::supported_isas()),
                          [](const auto& info) {
                            return std::string(cpu::isa_name(info.param)).substr(4);

@@ -64,7 +64,8 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       bf16_(bf16_rows_kernel(isa)),
       axpy_(axpy_kernel(isa)),
       axpy_bf16_(axpy_bf16_kernel(isa)),
-      attention_(attention_block_kernel(isa)) {}
+      attention_(attention_block_kernel(isa)),
+      multi_query_(multi_query_kernel(isa)) {}
 
 namespace {
 
@@ -311,7 +312,79 @@ void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* u
   });
 }
 
+void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
+  // Items of (query, block of 16 heads, key range): a lone query (decode) splits its keys
+  // across the threads, and the parts are combined after.
+  constexpr int64_t kH = MultiQueryPart::kHeads;
+  const int64_t head_blocks = (a.n_heads + kH - 1) / kH, pairs = a.n_q * head_blocks;
+  constexpr int64_t kMaxSplits = 64;
+  const int64_t splits = std::clamp<int64_t>((pool_.size() + pairs - 1) / pairs, 1,
+                                             std::min(kMaxSplits, (a.n_kv + 63) / 64));
+  const int64_t items = pairs * splits;
+  const int64_t part_floats = 2 * kH + a.dv * kH;  // m, l, o_t
+  thread_local std::vector<float> caller_parts;
+  std::vector<float>& parts = caller_parts;
+  if (parts.size() < static_cast<size_t>(items * part_floats))
+    parts.resize(static_cast<size_t>(items * part_floats));
+  auto visible = [&](int64_t t) { return std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1); };
+  pool_.parallel_for(items, [&](int64_t i0, int64_t i1) {
+    const int64_t longest = (a.n_kv + splits - 1) / splits + 1;
+    float* q_t = thread_scratch(a.dk * kH + longest * kH);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t pair = item / splits, split = item % splits;
+      const int64_t t = pair / head_blocks, h0 = pair % head_blocks * kH;
+      const int64_t heads = std::min(kH, a.n_heads - h0);
+      MultiQueryPart p;
+      p.s0 = visible(t) * split / splits;
+      p.s1 = visible(t) * (split + 1) / splits;
+      float* out = parts.data() + item * part_floats;
+      p.m = out, p.l = out + kH, p.o_t = out + 2 * kH;
+      if (p.s0 == p.s1) {
+        std::fill_n(p.l, kH, 0.0f);
+        continue;
+      }
+      // Missing heads of the last block score zero and are never read back.
+      for (int64_t h = 0; h < kH; ++h) {
+        const float* q = a.q + t * a.q_row + (h0 + h) * a.q_head;
+        for (int64_t d = 0; d < a.dk; ++d) q_t[d * kH + h] = h < heads ? q[d] * a.scale : 0.0f;
+      }
+      p.q_t = q_t;
+      p.k = a.k, p.k_row = a.k_row;
+      p.v = a.v, p.v_row = a.v_row;
+      p.dk = a.dk, p.dv = a.dv;
+      p.scores = q_t + a.dk * kH;
+      multi_query_(p);
+    }
+  });
+  pool_.parallel_for(pairs, [&](int64_t p0, int64_t p1) {
+    for (int64_t pair = p0; pair < p1; ++pair) {
+      const int64_t t = pair / head_blocks, h0 = pair % head_blocks * kH;
+      const float* first = parts.data() + pair * splits * part_floats;
+      for (int64_t h = 0; h < std::min(kH, a.n_heads - h0); ++h) {
+        float m = -INFINITY;
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* part = first + s * part_floats;
+          if (part[kH + h] > 0) m = std::max(m, part[h]);
+        }
+        float weight[kMaxSplits], l = 0;
+        for (int64_t s = 0; s < splits; ++s) {
+          const float* part = first + s * part_floats;
+          weight[s] = part[kH + h] > 0 ? std::exp(part[h] - m) : 0.0f;
+          l += weight[s] * part[kH + h];
+        }
+        float* o = a.out + t * a.out_row + (h0 + h) * a.out_head;
+        for (int64_t c = 0; c < a.dv; ++c) {
+          float sum = 0;
+          for (int64_t s = 0; s < splits; ++s) sum += weight[s] * first[s * part_floats + 2 * kH + c * kH + h];
+          o[c] = sum / l;
+        }
+      }
+    }
+  });
+}
+
 void CpuBackend::attention(const ops::AttentionArgs& a) const {
+  if (a.kv_heads == 1) return multi_query_attention(a);
   // Keys transposed once per kv head, then items of (query, head) pairs; the caller's buffer
   // is reached through a reference (the workers' thread_locals are their own).
   const int64_t group = a.n_heads / a.kv_heads;
@@ -321,7 +394,6 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
   const auto per_head = static_cast<size_t>(key_blocks * 16 * a.dk);
   if (keys.size() < per_head * static_cast<size_t>(a.kv_heads))
     keys.resize(per_head * static_cast<size_t>(a.kv_heads));
-  // Split by blocks of 64 keys too: decode's multi-query form has a single kv head.
   const int64_t chunks_per_head = (a.n_kv + 63) / 64;
   pool_.parallel_for(a.kv_heads * chunks_per_head, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
@@ -331,7 +403,7 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
     }
   });
   // kQ (query, head) pairs that share a kv head per item: heads of one query where many heads
-  // share a kv head (absorbed MLA's multi-query form, decode's case), else queries of one head.
+  // share a kv head, else queries of one head.
   constexpr int64_t kQ = AttentionBlock::kMaxQueries;
   const bool by_heads = group >= kQ;
   const int64_t per_item_blocks = by_heads ? (group + kQ - 1) / kQ : (a.n_q + kQ - 1) / kQ;

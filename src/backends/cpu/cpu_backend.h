@@ -41,6 +41,8 @@ class CpuBackend final : public ops::Backend {
   bool use_amx(const ops::MatmulTask& t) const;
   bool use_amx_int8(const ops::MatmulTask& t) const;
   void matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const;
+  // attention() where every query head shares one kv head.
+  void multi_query_attention(const ops::AttentionArgs& a) const;
 
   ThreadPool& pool_;
   Isa isa_;
@@ -49,6 +51,7 @@ class CpuBackend final : public ops::Backend {
   void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
   AxpyBf16Fn axpy_bf16_;
   AttentionBlockFn attention_;
+  MultiQueryFn multi_query_;
 };
 
 }  // namespace whale::cpu

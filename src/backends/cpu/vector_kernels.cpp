@@ -344,6 +344,155 @@ void score_block_generic(const float* const* q, const float* kt, int64_t dk, flo
 }
 
 void attention_portable(const AttentionBlock& b) { attention_block_body<score_block_generic>(b); }
+
+// ---- multi-query attention ---------------------------------------------------------------------
+
+constexpr int kMqHeads = MultiQueryPart::kHeads;
+
+// Scores of keys [s, s + R): acc[j][h] = Σ_d k[s + j][d] · q_t[d][h].
+template <int R>
+WHALE_INLINE void mq_scores(const MultiQueryPart& p, int64_t s, float* out) {
+  float acc[R][kMqHeads] = {};
+  for (int64_t d = 0; d < p.dk; ++d) {
+    const float* qd = p.q_t + d * kMqHeads;
+    for (int j = 0; j < R; ++j) {
+      const float kd = p.k[(s + j) * p.k_row + d];
+      for (int h = 0; h < kMqHeads; ++h) acc[j][h] += kd * qd[h];
+    }
+  }
+  for (int j = 0; j < R; ++j)
+    for (int h = 0; h < kMqHeads; ++h) out[j * kMqHeads + h] = acc[j][h];
+}
+
+// o_t[c, c + W)[h] = Σ_s w[s][h] · v[s][c + ..] over the part's keys.
+template <int W>
+WHALE_INLINE void mq_values(const MultiQueryPart& p, int64_t c) {
+  float acc[W][kMqHeads] = {};
+  for (int64_t s = p.s0; s < p.s1; ++s) {
+    const float* w = p.scores + (s - p.s0) * kMqHeads;
+    const float* vs = p.v + s * p.v_row + c;
+    for (int i = 0; i < W; ++i)
+      for (int h = 0; h < kMqHeads; ++h) acc[i][h] += vs[i] * w[h];
+  }
+  for (int i = 0; i < W; ++i)
+    for (int h = 0; h < kMqHeads; ++h) p.o_t[(c + i) * kMqHeads + h] = acc[i][h];
+}
+
+// Per-head maximum, exponentials in place and their sums.
+WHALE_INLINE void mq_softmax_part(const MultiQueryPart& p) {
+  const int64_t n = p.s1 - p.s0;
+  float m[kMqHeads], l[kMqHeads] = {};
+  for (int h = 0; h < kMqHeads; ++h) m[h] = -INFINITY;
+  for (int64_t s = 0; s < n; ++s)
+    for (int h = 0; h < kMqHeads; ++h) m[h] = std::max(m[h], p.scores[s * kMqHeads + h]);
+  for (int64_t s = 0; s < n; ++s) {
+    for (int h = 0; h < kMqHeads; ++h) {
+      const float e = exp_nonpositive(p.scores[s * kMqHeads + h] - m[h]);
+      p.scores[s * kMqHeads + h] = e;
+      l[h] += e;
+    }
+  }
+  for (int h = 0; h < kMqHeads; ++h) p.m[h] = m[h], p.l[h] = l[h];
+}
+
+template <int R, int W>
+WHALE_INLINE void multi_query_body(const MultiQueryPart& p) {
+  int64_t s = p.s0;
+  for (; s + R <= p.s1; s += R) mq_scores<R>(p, s, p.scores + (s - p.s0) * kMqHeads);
+  for (; s < p.s1; ++s) mq_scores<1>(p, s, p.scores + (s - p.s0) * kMqHeads);
+  mq_softmax_part(p);
+  int64_t c = 0;
+  for (; c + W <= p.dv; c += W) mq_values<W>(p, c);
+  for (; c < p.dv; ++c) mq_values<1>(p, c);
+}
+
+void multi_query_portable(const MultiQueryPart& p) { multi_query_body<4, 4>(p); }
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void multi_query_avx2(const MultiQueryPart& p) {
+  multi_query_body<4, 4>(p);
+}
+
+// e^x for x ≤ 0, as exp_nonpositive, 16 lanes at a time.
+__attribute__((target("avx512f,fma"))) inline __m512 exp_nonpositive_avx512(__m512 x) {
+  const __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                 _mm512_set1_ps(-126.0f));
+  const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, i);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(i), 23);
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+}
+
+// In intrinsics: 16 heads fill one register, and every multiply-add takes its broadcast
+// operand straight from memory. Scores take 8 keys at a time (8 row pointers stay in general
+// registers); values go over the keys in chunks that stay in L1 for all the value columns.
+__attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryPart& p) {
+  constexpr int R = 8;
+  int64_t s = p.s0;
+  for (; s + R <= p.s1; s += R) {
+    // Even and odd dimensions in separate accumulators: 16 chains cover the FMA latency.
+    __m512 even[R], odd[R];
+    for (int j = 0; j < R; ++j) even[j] = odd[j] = _mm512_setzero_ps();
+    const float* k[R];
+    for (int j = 0; j < R; ++j) k[j] = p.k + (s + j) * p.k_row;
+    int64_t d = 0;
+    for (; d + 2 <= p.dk; d += 2) {
+      const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+      const __m512 q1 = _mm512_loadu_ps(p.q_t + (d + 1) * kMqHeads);
+      for (int j = 0; j < R; ++j) {
+        even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+        odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d + 1]), q1, odd[j]);
+      }
+    }
+    if (d < p.dk) {
+      const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+      for (int j = 0; j < R; ++j) even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+    }
+    for (int j = 0; j < R; ++j)
+      _mm512_storeu_ps(p.scores + (s - p.s0 + j) * kMqHeads, _mm512_add_ps(even[j], odd[j]));
+  }
+  for (; s < p.s1; ++s) mq_scores<1>(p, s, p.scores + (s - p.s0) * kMqHeads);
+
+  const int64_t n = p.s1 - p.s0;
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; ++j) m = _mm512_max_ps(m, _mm512_loadu_ps(p.scores + j * kMqHeads));
+  __m512 l = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    float* row = p.scores + j * kMqHeads;
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(row), m));
+    _mm512_storeu_ps(row, e);
+    l = _mm512_add_ps(l, e);
+  }
+  _mm512_storeu_ps(p.m, m);
+  _mm512_storeu_ps(p.l, l);
+
+  constexpr int W = 8;
+  constexpr int64_t kChunk = 32;  // 32 cache rows of values: 36 KB at MLA's width
+  const int64_t dv_vec = p.dv / W * W;
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    const int64_t j1 = std::min(n, j0 + kChunk);
+    for (int64_t c = 0; c < dv_vec; c += W) {
+      __m512 acc[W];
+      for (int i = 0; i < W; ++i)
+        acc[i] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(p.o_t + (c + i) * kMqHeads);
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m512 w = _mm512_loadu_ps(p.scores + j * kMqHeads);
+        const float* vs = p.v + (p.s0 + j) * p.v_row + c;
+        for (int i = 0; i < W; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(vs[i]), w, acc[i]);
+      }
+      for (int i = 0; i < W; ++i) _mm512_storeu_ps(p.o_t + (c + i) * kMqHeads, acc[i]);
+    }
+  }
+  for (int64_t c = dv_vec; c < p.dv; ++c) mq_values<1>(p, c);
+}
+#endif
+
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) void score_block_avx2(const float* const* q, const float* kt,
                                                           int64_t dk, float scale,
@@ -433,6 +582,14 @@ AttentionBlockFn attention_block_kernel(Isa isa) {
   if (isa == Isa::kAvx2) return attention_avx2;
 #endif
   return attention_portable;
+}
+
+MultiQueryFn multi_query_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return multi_query_avx512;
+  if (isa == Isa::kAvx2) return multi_query_avx2;
+#endif
+  return multi_query_portable;
 }
 
 Bf16RowsKernel bf16_rows_kernel(Isa isa) {

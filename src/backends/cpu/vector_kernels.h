@@ -60,4 +60,25 @@ struct AttentionBlock {
 using AttentionBlockFn = void (*)(const AttentionBlock&);
 AttentionBlockFn attention_block_kernel(Isa isa);
 
+// Multi-query attention (one kv head shared by many query heads, absorbed MLA's form) of up to
+// kHeads heads of one query over keys [s0, s1), read straight from the cache rows: a score per
+// key is one broadcast multiply-add per dimension for all heads at once, so keys need no
+// transposing. Returns the unnormalised part, which parts over other key ranges combine with
+// (flash-decoding): m[h] = max score, l[h] = Σ e^(score - m), o_t[c][h] = Σ e^(score - m)·v[c].
+struct MultiQueryPart {
+  static constexpr int kHeads = 16;
+  const float* q_t = nullptr;  // [dk][kHeads]: the heads' queries transposed, times the scale
+  const float* k = nullptr;    // key s at k + s·k_row
+  const float* v = nullptr;    // value s at v + s·v_row
+  int64_t k_row = 0, v_row = 0;
+  int64_t dk = 0, dv = 0;
+  int64_t s0 = 0, s1 = 0;      // s1 > s0
+  float* scores = nullptr;     // scratch [s1 - s0][kHeads]
+  float* m = nullptr;          // [kHeads]
+  float* l = nullptr;          // [kHeads]
+  float* o_t = nullptr;        // [dv][kHeads]
+};
+using MultiQueryFn = void (*)(const MultiQueryPart&);
+MultiQueryFn multi_query_kernel(Isa isa);
+
 }  // namespace whale::cpu

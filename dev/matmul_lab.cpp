@@ -1,0 +1,98 @@
+// Kernel lab: times the CPU backend's products and attention on the shapes synth-v3-1b's
+// prefill and decode run, each as a fraction of the limit that binds it. Not a test: speed goals
+// live here and in `whale bench`.
+//   whale_matmul_lab [threads]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/dtype.h"
+#include "core/thread_pool.h"
+
+using namespace whale;
+
+namespace {
+
+double seconds(const auto& fn, int reps) {
+  fn();  // warm
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+struct Bf16Matrix {
+  std::vector<uint16_t> data;
+  ops::Matrix m;
+  Bf16Matrix(int64_t rows, int64_t cols, std::mt19937& rng) : data(size_t(rows * cols)) {
+    std::normal_distribution<float> g(0, 0.02f);
+    for (auto& v : data) v = f32_to_bf16(g(rng));
+    m.dtype = DType::kBF16;
+    m.data = data.data();
+    m.rows = rows;
+    m.cols = cols;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  ThreadPool pool(threads);
+  cpu::CpuBackend ops(pool);
+  std::printf("%s, %d threads\n", std::string(ops.name()).c_str(), pool.size());
+  std::mt19937 rng(1);
+  struct Shape {
+    const char* name;
+    int64_t rows, cols, n, copies;  // copies: distinct matrices per call (experts), cold cache
+  };
+  const Shape shapes[] = {
+      {"dense gate 2816x1024 n=512", 2816, 1024, 512, 1},
+      {"dense down 1024x2816 n=512", 1024, 2816, 512, 1},
+      {"o 1024x1024 n=512", 1024, 1024, 512, 1},
+      {"expert gate 512x1024 n=48 x32", 512, 1024, 48, 32},
+      {"expert gate 512x1024 n=20 x32", 512, 1024, 20, 32},
+      {"expert gate 512x1024 n=8 x32", 512, 1024, 8, 32},
+      {"expert down 1024x512 n=48 x32", 1024, 512, 48, 32},
+  };
+  const bool attention_only = argc > 2 && std::string(argv[2]) == "attention";
+  for (const Shape& s : shapes) {
+    if (attention_only) break;
+    std::vector<Bf16Matrix> ws;
+    for (int64_t c = 0; c < s.copies; ++c) ws.emplace_back(s.rows, s.cols, rng);
+    std::vector<float> x(size_t(s.n * s.cols)), y(size_t(s.copies * s.n * s.rows));
+    std::normal_distribution<float> g(0, 1);
+    for (auto& v : x) v = g(rng);
+    std::vector<ops::MatmulTask> tasks;
+    for (int64_t c = 0; c < s.copies; ++c)
+      tasks.push_back({y.data() + c * s.n * s.rows, s.rows, x.data(), s.cols, s.n, ws[size_t(c)].m});
+    const double t = seconds([&] { ops.matmul_batch(tasks); }, 5);
+    const double flops = 2.0 * double(s.rows * s.cols * s.n * s.copies);
+    const double bytes = 2.0 * double(s.rows * s.cols * s.copies);
+    std::printf("%-34s %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n", s.name, t * 1e3,
+                flops / t * 1e-9, bytes / t * 1e-9);
+  }
+  // Decode's absorbed attention: 16 heads over one shared [latent 256 | rope 32] cache row.
+  for (const int64_t n_kv : {64, 540, 2048}) {
+    ops::AttentionArgs a;
+    a.n_q = 1, a.n_kv = n_kv, a.n_heads = 16, a.kv_heads = 1, a.dk = 288, a.dv = 256;
+    std::vector<float> q(size_t(16 * 288)), cache(size_t(n_kv * 288)), out(size_t(16 * 256));
+    std::normal_distribution<float> g(0, 1);
+    for (auto& v : q) v = g(rng);
+    for (auto& v : cache) v = g(rng);
+    const int32_t pos = static_cast<int32_t>(n_kv - 1);
+    a.q = q.data(), a.q_row = 16 * 288, a.q_head = 288;
+    a.k = cache.data(), a.k_row = 288;
+    a.v = cache.data(), a.v_row = 288;
+    a.out = out.data(), a.out_row = 16 * 256, a.out_head = 256;
+    a.q_pos = &pos;
+    a.scale = 0.06f;
+    const double t = seconds([&] { ops.attention(a); }, attention_only ? 5000 : 50);
+    const double flops = 2.0 * 16 * double(n_kv) * (288 + 256);
+    std::printf("decode attention n_kv=%-5lld            %8.3f ms  %7.1f GFLOP/s\n",
+                static_cast<long long>(n_kv), t * 1e3, flops / t * 1e-9);
+  }
+}
