@@ -12,6 +12,7 @@
 #include "backends/cpu/cpu_backend.h"
 #include "core/dtype.h"
 #include "core/thread_pool.h"
+#include "ops/quant.h"
 
 using namespace whale;
 
@@ -34,6 +35,40 @@ struct Bf16Matrix {
     m.data = data.data();
     m.rows = rows;
     m.cols = cols;
+  }
+};
+
+// A [rows, cols] matrix in one of whale's block formats, from random weights.
+struct QuantMatrix {
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  ops::Matrix m;
+  QuantMatrix(int64_t rows, int64_t cols, ops::WeightFormat format, std::mt19937& rng) {
+    const bool q4 = format == ops::WeightFormat::kQ4;
+    const int64_t row_bytes = q4 ? cols / 2 : cols;
+    codes.resize(size_t(rows * row_bytes));
+    scales.resize(size_t(rows * cols / ops::kQuantBlock));
+    std::normal_distribution<float> g(0, 0.02f);
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (auto& v : row) v = g(rng);
+      uint16_t* sc = scales.data() + r * cols / ops::kQuantBlock;
+      if (q4) {
+        ops::quantize_row_q4(row.data(), cols, codes.data() + r * row_bytes, sc);
+      } else {
+        ops::quantize_row_q8(row.data(), cols, reinterpret_cast<int8_t*>(codes.data() + r * row_bytes), sc);
+      }
+    }
+    m.format = format;
+    m.dtype = q4 ? DType::kU8 : DType::kI8;
+    m.data = codes.data();
+    m.rows = rows;
+    m.cols = cols;
+    m.scale = scales.data();
+    m.scale_dtype = DType::kF16;
+    m.scale_cols = cols / ops::kQuantBlock;
+    m.block_rows = 1;
+    m.block_cols = ops::kQuantBlock;
   }
 };
 
@@ -61,6 +96,7 @@ int main(int argc, char** argv) {
   const bool attention_only = argc > 2 && std::string(argv[2]) == "attention";
   for (const Shape& s : shapes) {
     if (attention_only) break;
+    if (argc > 2 && std::string(s.name).find(argv[2]) == std::string::npos) continue;
     std::vector<Bf16Matrix> ws;
     for (int64_t c = 0; c < s.copies; ++c) ws.emplace_back(s.rows, s.cols, rng);
     std::vector<float> x(size_t(s.n * s.cols)), y(size_t(s.copies * s.n * s.rows));
@@ -69,11 +105,54 @@ int main(int argc, char** argv) {
     std::vector<ops::MatmulTask> tasks;
     for (int64_t c = 0; c < s.copies; ++c)
       tasks.push_back({y.data() + c * s.n * s.rows, s.rows, x.data(), s.cols, s.n, ws[size_t(c)].m});
-    const double t = seconds([&] { ops.matmul_batch(tasks); }, 5);
+    const double t = seconds([&] { ops.matmul_batch(tasks); }, argc > 2 ? 200 : 5);
     const double flops = 2.0 * double(s.rows * s.cols * s.n * s.copies);
     const double bytes = 2.0 * double(s.rows * s.cols * s.copies);
     std::printf("%-34s %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n", s.name, t * 1e3,
                 flops / t * 1e-9, bytes / t * 1e-9);
+  }
+  // Decode's products: one token through many expert-sized matrices, more than the caches hold,
+  // as GB/s of weights streamed.
+  for (const char* form : {"bf16", "q8", "q4"}) {
+    if (argc > 2) break;
+    const int64_t rows = 512, cols = 1024;
+    const int64_t per_matrix = std::string(form) == "bf16" ? rows * cols * 2
+                               : std::string(form) == "q8" ? rows * cols * 17 / 16
+                                                           : rows * cols * 9 / 16;
+    const int64_t count = (int64_t{400} << 20) / per_matrix;  // well past the last-level cache
+    std::vector<Bf16Matrix> dense;
+    std::vector<QuantMatrix> quant;
+    std::vector<ops::MatmulTask> tasks;
+    std::vector<float> x(size_t(cols), 0.5f), y(size_t(count * rows));
+    for (int64_t c = 0; c < count; ++c) {
+      if (std::string(form) == "bf16") {
+        dense.emplace_back(rows, cols, rng);
+      } else {
+        quant.emplace_back(rows, cols, std::string(form) == "q8" ? ops::WeightFormat::kQ8 : ops::WeightFormat::kQ4, rng);
+      }
+    }
+    double bytes = 0;
+    for (int64_t c = 0; c < count; ++c) {
+      const ops::Matrix& m = dense.empty() ? quant[size_t(c)].m : dense[size_t(c)].m;
+      tasks.push_back({y.data() + c * rows, rows, x.data(), cols, 1, m});
+      bytes += double(m.nbytes()) + (m.scale ? double(m.rows * m.scale_cols * 2) : 0.0);
+    }
+    // The same bytes read with the bandwidth probe's loop, the threads splitting them alike.
+    const double t_read = seconds([&] {
+      pool.parallel_for(count, [&](int64_t c0, int64_t c1) {
+        uint64_t sink = 0;
+        for (int64_t c = c0; c < c1; ++c) {
+          const ops::Matrix& m = tasks[size_t(c)].w;
+          sink += cpu::read_bytes_loop(ops.isa(), m.data, m.nbytes() / 256 * 256);
+        }
+        if (sink == 42) std::puts("");
+      });
+    }, 20);
+    std::printf("  read loop over the same weights: %6.1f GB/s\n", bytes / t_read * 1e-9);
+    const double t = seconds([&] { ops.matmul_batch(tasks); }, 20);
+    std::printf("decode %-4s %lld x %lldx%lld n=1       %8.3f ms  %6.1f GB/s\n", form,
+                static_cast<long long>(count), static_cast<long long>(rows),
+                static_cast<long long>(cols), t * 1e3, bytes / t * 1e-9);
   }
   // Decode's absorbed attention: 16 heads over one shared [latent 256 | rope 32] cache row.
   for (const int64_t n_kv : {64, 540, 2048}) {

@@ -118,7 +118,9 @@ TEST_P(Fixture, CachedDecodeEqualsFullForward) {
 
 TEST_P(Fixture, BatchedSequencesEqualSeparateRuns) {
   // Three sequences at different points (one prefilling, two decoding) in one forward give
-  // the same logits as each alone, bit for bit: rows never mix.
+  // the same logits as each alone: rows never mix. Not bit for bit on every path: products of
+  // enough tokens go to AMX tiles, which carry activations as two bf16 parts (2^-16 relative),
+  // where the same token alone takes the exact vector kernels.
   const ModelConfig& c = model_->config();
   KvCache a(c, 64), b(c, 64), x(c, 64), a2(c, 64), b2(c, 64), x2(c, 64);
   const std::span<const int32_t> ids(ids_);
@@ -141,7 +143,10 @@ TEST_P(Fixture, BatchedSequencesEqualSeparateRuns) {
     const auto lx = *model_->forward(cpu_, ids.subspan(25, 1), x2, last);
     alone.insert(alone.end(), lb.begin(), lb.end());
     alone.insert(alone.end(), lx.begin(), lx.end());
-    EXPECT_EQ(*together, alone);
+    const Diff d = compare_logits(*together, alone, vocab());
+    EXPECT_LE(d.max_abs, 1e-4f);
+    EXPECT_EQ(d.argmax_mismatches, 0);
+    if (cpu_.isa() != cpu::Isa::kAmx) EXPECT_EQ(*together, alone);
     EXPECT_EQ(a.size(), 7);
     EXPECT_EQ(b.size(), 11);
     EXPECT_EQ(x.size(), 6);

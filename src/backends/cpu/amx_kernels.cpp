@@ -87,40 +87,58 @@ void amx_resize(AmxActivations* a, int64_t n, int64_t k) {
   a->n = n;
   a->k = k;
   const auto size = static_cast<size_t>(k / 32 * ((n + 15) / 16) * 256);
-  a->hi.assign(size, 0);
-  a->lo.assign(size, 0);
+  a->hi.resize(size);
+  a->lo.resize(size);
 }
 
-// bf16 bits of x, rounded to nearest even (NaN kept NaN), and of what rounding left over.
-inline void split_bf16(float x, uint32_t* hi, uint32_t* lo) {
-  const uint16_t h = f32_to_bf16(x);
-  *hi = h;
-  *lo = f32_to_bf16(x - bf16_to_f32(h));
+// f32_to_bf16 on 16 lanes: the bf16 bits in the low half of each 32-bit lane.
+__attribute__((target("avx512f"))) inline __m512i round_bf16(__m512i u) {
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
+                                           _mm512_and_si512(_mm512_srli_epi32(u, 16),
+                                                            _mm512_set1_epi32(1)))),
+      16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                _mm512_set1_epi32(0x7F800000));
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_mask_blend_epi32(nan, rounded, quiet);
 }
 
-__attribute__((target("avx512f"))) void amx_prepare(AmxActivations* a, const float* x,
-                                                    int64_t ldx, int64_t t0, int64_t t1) {
+__attribute__((target("avx512f,avx512bw"))) void amx_prepare(AmxActivations* a, const float* x,
+                                                             int64_t ldx, int64_t t0, int64_t t1) {
   const int64_t k_blocks = a->k / 32;
   const __m512i rows = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64,
                                         48, 32, 16, 0);
+  // 16-bit element 2p of the result is bf16 of column 2p (element 4p of the two rounded
+  // vectors, seen as 16-bit halves), element 2p + 1 that of column 2p + 1 (element 4p + 2).
+  alignas(64) uint16_t pick[32];
+  for (int p = 0; p < 16; ++p) {
+    pick[2 * p] = static_cast<uint16_t>(4 * p);
+    pick[2 * p + 1] = static_cast<uint16_t>(4 * p + 2);
+  }
+  const __m512i pairs = _mm512_load_si512(pick);
   for (int64_t tb = t0 / 16; tb * 16 < t1; ++tb) {
     for (int64_t kb = 0; kb < k_blocks; ++kb) {
-      // [token][pair] first (a plain loop the compiler vectorises), then transposed into the
-      // tile's [pair][token] with gathers.
+      // [token][pair] first, then transposed into the tile's [pair][token] with gathers.
       alignas(64) uint32_t hi[16][16], lo[16][16];
       for (int64_t tt = 0; tt < 16; ++tt) {
         const int64_t t = tb * 16 + tt;
         if (t >= t1) {
-          for (int p = 0; p < 16; ++p) hi[tt][p] = lo[tt][p] = 0;
+          _mm512_store_si512(hi[tt], _mm512_setzero_si512());
+          _mm512_store_si512(lo[tt], _mm512_setzero_si512());
           continue;
         }
         const float* v = x + t * ldx + kb * 32;
-        uint32_t h[32], l[32];
-        for (int i = 0; i < 32; ++i) split_bf16(v[i], &h[i], &l[i]);
-        for (int p = 0; p < 16; ++p) {
-          hi[tt][p] = h[2 * p] | h[2 * p + 1] << 16;
-          lo[tt][p] = l[2 * p] | l[2 * p + 1] << 16;
-        }
+        const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+        const __m512i h0 = round_bf16(_mm512_castps_si512(v0));
+        const __m512i h1 = round_bf16(_mm512_castps_si512(v1));
+        // What rounding left over, rounded in turn.
+        const __m512 r0 = _mm512_sub_ps(v0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16)));
+        const __m512 r1 = _mm512_sub_ps(v1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16)));
+        const __m512i l0 = round_bf16(_mm512_castps_si512(r0));
+        const __m512i l1 = round_bf16(_mm512_castps_si512(r1));
+        _mm512_store_si512(hi[tt], _mm512_permutex2var_epi16(h0, pairs, h1));
+        _mm512_store_si512(lo[tt], _mm512_permutex2var_epi16(l0, pairs, l1));
       }
       const size_t tile = static_cast<size_t>((tb * k_blocks + kb) * 256);
       for (int p = 0; p < 16; ++p) {
@@ -180,15 +198,14 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
           const size_t t0 = static_cast<size_t>((tb * k_blocks + kb) * 256);
           _tile_loadd(4, tile_at(p, 0, kb), 64);
           if (two_rows) _tile_loadd(5, tile_at(p, 1, kb), 64);
-          for (const std::vector<uint32_t>* part : {&a.hi, &a.lo}) {
+          for (const UninitVector<uint32_t>* part : {&a.hi, &a.lo}) {
             _tile_loadd(6, part->data() + t0, 64);
             if (two_tokens) _tile_loadd(7, part->data() + t0 + k_blocks * 256, 64);
+            // Both products of tile 6 first: its next load waits for them, not for tile 7's.
             _tile_dpbf16ps(0, 4, 6);
+            if (two_rows) _tile_dpbf16ps(2, 5, 6);
             if (two_tokens) _tile_dpbf16ps(1, 4, 7);
-            if (two_rows) {
-              _tile_dpbf16ps(2, 5, 6);
-              if (two_tokens) _tile_dpbf16ps(3, 5, 7);
-            }
+            if (two_tokens && two_rows) _tile_dpbf16ps(3, 5, 7);
           }
         }
         _tile_stored(0, c[0], 64);
@@ -210,8 +227,8 @@ void amx_int8_resize(AmxInt8Activations* a, int64_t n, int64_t k) {
   a->n = n;
   a->k = k;
   const int64_t token_blocks = (n + 15) / 16, blocks = k / ops::kQuantBlock;
-  a->codes.assign(static_cast<size_t>(token_blocks * blocks * 512), 0);
-  a->scales.assign(static_cast<size_t>(token_blocks * blocks * 16), 0.0f);
+  a->codes.resize(static_cast<size_t>(token_blocks * blocks * 512));
+  a->scales.resize(static_cast<size_t>(token_blocks * blocks * 16));
 }
 
 void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1) {
@@ -227,6 +244,17 @@ void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_
       // Row kk of the tile holds codes 4kk..4kk+3 of each of the 16 tokens.
       for (int kk = 0; kk < 8; ++kk) std::memcpy(tile + kk * 64 + tt * 4, q + 4 * kk, 4);
       a->scales[static_cast<size_t>((tb * blocks + b) * 16 + tt)] = scale;
+    }
+  }
+  // The last block's padding tokens: zero codes and scales.
+  if (t1 == a->n) {
+    for (int64_t t = t1; t % 16 != 0; ++t) {
+      const int64_t tb = t / 16, tt = t % 16;
+      for (int64_t b = 0; b < blocks; ++b) {
+        int8_t* tile = a->codes.data() + (tb * blocks + b) * 512;
+        for (int kk = 0; kk < 8; ++kk) std::memset(tile + kk * 64 + tt * 4, 0, 4);
+        a->scales[static_cast<size_t>((tb * blocks + b) * 16 + tt)] = 0.0f;
+      }
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/uninit_vector.h"
 #include "ops/matrix.h"
 
 namespace whale::cpu {
@@ -14,8 +15,9 @@ namespace whale::cpu {
 // Whether the CPU has AMX-BF16 and the kernel lets this process use the tile state.
 bool amx_usable();
 
-// The fewest tokens for which the tile path pays (a tile holds 16).
-constexpr int64_t kAmxMinTokens = 16;
+// The fewest tokens for which the tile path pays (a tile holds 16; measured on synth-v3-1b's
+// expert shapes, 4 tokens padded to 16 on tiles beat the vector kernels).
+constexpr int64_t kAmxMinTokens = 4;
 
 // Activations of n tokens × k columns (k a multiple of 32) in the tile layout: for every block of
 // 16 tokens and of 32 columns, a 16 × 16 grid of bf16 pairs (row p: columns 2p, 2p + 1 of each
@@ -23,7 +25,8 @@ constexpr int64_t kAmxMinTokens = 16;
 struct AmxActivations {
   int64_t n = 0, k = 0;
   // [ceil(n / 16)][k / 32][16][16]: a token block's tiles in K order, one contiguous stream.
-  std::vector<uint32_t> hi, lo;
+  // Grown, never cleared: amx_prepare writes every tile whole.
+  UninitVector<uint32_t> hi, lo;
 };
 // Fills the tiles of tokens [t0, t1) (t0 a multiple of 16, t1 one too or n); `a` must be sized
 // by amx_resize first. Split so that threads can share the work.
@@ -40,8 +43,9 @@ void amx_matmul_rows(const AmxActivations& a, const ops::Matrix& w, int64_t r0, 
 // the formats' defined product, as the other kernels compute it.
 struct AmxInt8Activations {
   int64_t n = 0, k = 0;
-  std::vector<int8_t> codes;  // [ceil(n / 16)][k / 32][8][16][4]: per block, 4 codes per token
-  std::vector<float> scales;  // [ceil(n / 16)][k / 32][16]
+  // Grown, never cleared: amx_int8_prepare writes every token of its blocks, padding included.
+  UninitVector<int8_t> codes;  // [ceil(n / 16)][k / 32][8][16][4]: per block, 4 codes per token
+  UninitVector<float> scales;  // [ceil(n / 16)][k / 32][16]
 };
 void amx_int8_resize(AmxInt8Activations* a, int64_t n, int64_t k);
 void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1);
