@@ -65,7 +65,8 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       axpy_(axpy_kernel(isa)),
       axpy_bf16_(axpy_bf16_kernel(isa)),
       attention_(attention_block_kernel(isa)),
-      multi_query_(multi_query_kernel(isa)) {}
+      multi_query_(multi_query_kernel(isa)),
+      swiglu_(swiglu_kernel(isa)) {}
 
 namespace {
 
@@ -303,12 +304,7 @@ void CpuBackend::rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int6
 void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* up, int64_t ld_in,
                         int64_t n, int64_t dim) const {
   pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t i = 0; i < dim; ++i) {
-        const float g = gate[t * ld_in + i];
-        y[t * ldy + i] = g / (1.0f + std::exp(-g)) * up[t * ld_in + i];
-      }
-    }
+    for (int64_t t = t0; t < t1; ++t) swiglu_(y + t * ldy, gate + t * ld_in, up + t * ld_in, dim);
   });
 }
 

@@ -52,6 +52,7 @@ class CpuBackend final : public ops::Backend {
   AxpyBf16Fn axpy_bf16_;
   AttentionBlockFn attention_;
   MultiQueryFn multi_query_;
+  SwigluFn swiglu_;
 };
 
 }  // namespace whale::cpu

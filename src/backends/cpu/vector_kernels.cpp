@@ -224,7 +224,7 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const void* p, int64_t n) {
 // e^x for x ≤ 0 (scores less their maximum), relative error about 2e-7: 2^(x·log2 e) split into
 // an integer power, set in the exponent bits, and a degree-6 polynomial for the fraction.
 // Written in plain arithmetic so that the compiler vectorises it for each instruction set.
-inline float exp_nonpositive(float x) {
+inline __attribute__((always_inline)) float exp_nonpositive(float x) {
   // Below 2^-126 the result would leave the normal range: clamp there (e^-87, as good as 0).
   const float t = std::max(x * 1.44269504088896341f, -126.0f);
   const float i = std::floor(t);
@@ -304,11 +304,34 @@ WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
   for (int64_t j = n; j < width; ++j) s[j] = 0.0f;
 }
 
+// y[i] = silu(g[i]) · u[i], with silu(g) = g·σ(g) and σ from e^-|g| (never overflows): plain
+// arithmetic the compiler vectorises per instruction set (std::exp stays a scalar call).
+#define WHALE_SWIGLU_BODY                                          \
+  {                                                                \
+    for (int64_t i = 0; i < n; ++i) {                              \
+      const float e = exp_nonpositive(-std::fabs(g[i]));           \
+      const float sigma = (g[i] >= 0 ? 1.0f : e) / (1.0f + e);     \
+      y[i] = g[i] * sigma * u[i];                                  \
+    }                                                              \
+  }
+// clang-format off
+void swiglu_portable(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+void swiglu_avx2(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
+__attribute__((target("avx512f,fma")))
+void swiglu_avx512(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
+#endif
+// clang-format on
+
 // A block of fewer than kQ queries runs as kQ: the missing ones repeat the first query and
 // write into scratch rows that are thrown away.
 using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float, float* const*);
 
-template <ScoreBlockFn Score>
+using SoftmaxRowFn = void (*)(float*, int64_t, int64_t);
+void softmax_row_generic(float* s, int64_t n, int64_t width) { softmax_row(s, n, width); }
+
+template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic>
 WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   int64_t most = 0;
   for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
@@ -328,7 +351,7 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
     for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
     Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
   }
-  for (int i = 0; i < kQ; ++i) softmax_row(rows[i], i < b.n_q ? b.visible[i] : 0, width);
+  for (int i = 0; i < kQ; ++i) Softmax(rows[i], i < b.n_q ? b.visible[i] : 0, width);
   const float* p[kQ];
   for (int i = 0; i < kQ; ++i) p[i] = rows[i];
   // kQ · 32 accumulators: 16 vector registers on AVX-512.
@@ -524,8 +547,33 @@ __attribute__((target("avx512f,fma"))) void score_block_avx512(const float* cons
   const __m512 s = _mm512_set1_ps(scale);
   for (int i = 0; i < kQ; ++i) _mm512_storeu_ps(out[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), s));
 }
+// softmax_row in 16 lanes (the compiler keeps the scalar one's max and sum in order, unvectorised).
+__attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t n, int64_t width) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+  m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, s + j));
+  const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+  __m512 sum = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= n; j += 16) {
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), max));
+    _mm512_storeu_ps(s + j, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (j < n) {
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, s + j), max));
+    _mm512_mask_storeu_ps(s + j, tail, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (j = 0; j + 16 <= n; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+  if (j < n) _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv));
+  for (j = n; j < width; ++j) s[j] = 0.0f;
+}
+
 __attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
-  attention_block_body<score_block_avx512>(b);
+  attention_block_body<score_block_avx512, softmax_row_avx512>(b);
 }
 
 // transpose_keys with gathers: one 16-key column per instruction.
@@ -582,6 +630,14 @@ AttentionBlockFn attention_block_kernel(Isa isa) {
   if (isa == Isa::kAvx2) return attention_avx2;
 #endif
   return attention_portable;
+}
+
+SwigluFn swiglu_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return swiglu_avx512;
+  if (isa == Isa::kAvx2) return swiglu_avx2;
+#endif
+  return swiglu_portable;
 }
 
 MultiQueryFn multi_query_kernel(Isa isa) {

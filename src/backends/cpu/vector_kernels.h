@@ -36,6 +36,9 @@ AxpyFn axpy_kernel(Isa isa);
 // y[i] += alpha · bf16(w[i]) (w at any 2-byte alignment).
 using AxpyBf16Fn = void (*)(float*, const uint16_t*, float, int64_t);
 AxpyBf16Fn axpy_bf16_kernel(Isa isa);
+// y[i] = silu(g[i]) · u[i] for i < n (y may be g).
+using SwigluFn = void (*)(float* y, const float* g, const float* u, int64_t n);
+SwigluFn swiglu_kernel(Isa isa);
 
 // Keys of one kv head in blocks of 16, transposed: block b holds [dk][16] (key b·16 + j in lane
 // j; keys past n_kv are zero), so that scores come out 16 keys to a vector with no reductions.
