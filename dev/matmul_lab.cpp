@@ -56,7 +56,8 @@ struct QuantMatrix {
       if (q4) {
         ops::quantize_row_q4(row.data(), cols, codes.data() + r * row_bytes, sc);
       } else {
-        ops::quantize_row_q8(row.data(), cols, reinterpret_cast<int8_t*>(codes.data() + r * row_bytes), sc);
+        ops::quantize_row_q8(row.data(), cols,
+                             reinterpret_cast<int8_t*>(codes.data() + r * row_bytes), sc);
       }
     }
     m.format = format;
@@ -104,7 +105,8 @@ int main(int argc, char** argv) {
     for (auto& v : x) v = g(rng);
     std::vector<ops::MatmulTask> tasks;
     for (int64_t c = 0; c < s.copies; ++c)
-      tasks.push_back({y.data() + c * s.n * s.rows, s.rows, x.data(), s.cols, s.n, ws[size_t(c)].m});
+      tasks.push_back(
+          {y.data() + c * s.n * s.rows, s.rows, x.data(), s.cols, s.n, ws[size_t(c)].m});
     const double t = seconds([&] { ops.matmul_batch(tasks); }, argc > 2 ? 200 : 5);
     const double flops = 2.0 * double(s.rows * s.cols * s.n * s.copies);
     const double bytes = 2.0 * double(s.rows * s.cols * s.copies);
@@ -128,7 +130,9 @@ int main(int argc, char** argv) {
       if (std::string(form) == "bf16") {
         dense.emplace_back(rows, cols, rng);
       } else {
-        quant.emplace_back(rows, cols, std::string(form) == "q8" ? ops::WeightFormat::kQ8 : ops::WeightFormat::kQ4, rng);
+        quant.emplace_back(
+            rows, cols, std::string(form) == "q8" ? ops::WeightFormat::kQ8 : ops::WeightFormat::kQ4,
+            rng);
       }
     }
     double bytes = 0;
@@ -138,16 +142,18 @@ int main(int argc, char** argv) {
       bytes += double(m.nbytes()) + (m.scale ? double(m.rows * m.scale_cols * 2) : 0.0);
     }
     // The same bytes read with the bandwidth probe's loop, the threads splitting them alike.
-    const double t_read = seconds([&] {
-      pool.parallel_for(count, [&](int64_t c0, int64_t c1) {
-        uint64_t sink = 0;
-        for (int64_t c = c0; c < c1; ++c) {
-          const ops::Matrix& m = tasks[size_t(c)].w;
-          sink += cpu::read_bytes_loop(ops.isa(), m.data, m.nbytes() / 256 * 256);
-        }
-        if (sink == 42) std::puts("");
-      });
-    }, 20);
+    const double t_read = seconds(
+        [&] {
+          pool.parallel_for(count, [&](int64_t c0, int64_t c1) {
+            uint64_t sink = 0;
+            for (int64_t c = c0; c < c1; ++c) {
+              const ops::Matrix& m = tasks[size_t(c)].w;
+              sink += cpu::read_bytes_loop(ops.isa(), m.data, m.nbytes() / 256 * 256);
+            }
+            if (sink == 42) std::puts("");
+          });
+        },
+        20);
     std::printf("  read loop over the same weights: %6.1f GB/s\n", bytes / t_read * 1e-9);
     const double t = seconds([&] { ops.matmul_batch(tasks); }, 20);
     std::printf("decode %-4s %lld x %lldx%lld n=1       %8.3f ms  %6.1f GB/s\n", form,

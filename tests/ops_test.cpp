@@ -113,6 +113,17 @@ class CpuOps : public ::testing::TestWithParam<cpu::Isa> {
   ThreadPool pool_{3};
   cpu::CpuBackend cpu_{pool_, GetParam()};
   ops::RefBackend ref_;
+
+  // Runs `a` (outputs packed [n_q, n_heads, dv]) on this backend and on the reference.
+  void expect_attention_matches_ref(ops::AttentionArgs a) const {
+    std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o_ref(o_cpu.size());
+    a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
+    a.out = o_cpu.data();
+    cpu_.attention(a);
+    a.out = o_ref.data();
+    ref_.attention(a);
+    expect_close(o_cpu, o_ref, 1e-5f);
+  }
 };
 
 TEST_P(CpuOps, MatmulEveryDtypeAndSlices) {
@@ -289,15 +300,9 @@ TEST_P(CpuOps, AttentionMultiQueryAndPerHead) {
     a.q = q.data(), a.q_row = a.n_heads * a.dk, a.q_head = a.dk;
     a.k = k.data(), a.k_row = kv_heads * a.dk, a.k_head = a.dk;
     a.v = v.data(), a.v_row = kv_heads * a.dv, a.v_head = a.dv;
-    a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
     a.q_pos = pos;
     a.scale = 0.3f;
-    std::vector<float> o1(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o2(o1.size());
-    a.out = o1.data();
-    cpu_.attention(a);
-    a.out = o2.data();
-    ref_.attention(a);
-    expect_close(o1, o2, 1e-5f);
+    expect_attention_matches_ref(a);
   }
 }
 
@@ -317,14 +322,8 @@ TEST_P(CpuOps, AttentionWithSpreadScores) {
     a.v = v.data(), a.v_row = kv_heads * a.dv, a.v_head = a.dv;
     a.q_pos = pos.data();
     a.scale = 0.2f;
-    std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o_ref(o_cpu.size());
-    a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
-    a.out = o_cpu.data();
-    cpu_.attention(a);
-    a.out = o_ref.data();
-    ref_.attention(a);
     SCOPED_TRACE("kv_heads " + std::to_string(kv_heads));
-    expect_close(o_cpu, o_ref, 1e-5f);
+    expect_attention_matches_ref(a);
   }
 }
 
@@ -346,14 +345,8 @@ TEST_P(CpuOps, MultiQueryAttentionSplitsKeys) {
       a.v = kv.data(), a.v_row = row, a.v_head = 0;
       a.q_pos = pos.data();
       a.scale = 0.15f;
-      std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)), o_ref(o_cpu.size());
-      a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
-      a.out = o_cpu.data();
-      cpu_.attention(a);
-      a.out = o_ref.data();
-      ref_.attention(a);
       SCOPED_TRACE("heads " + std::to_string(heads) + ", queries " + std::to_string(n_q));
-      expect_close(o_cpu, o_ref, 1e-5f);
+      expect_attention_matches_ref(a);
     }
   }
 }
