@@ -94,9 +94,9 @@ void amx_resize(AmxActivations* a, int64_t n, int64_t k) {
 // f32_to_bf16 on 16 lanes: the bf16 bits in the low half of each 32-bit lane.
 __attribute__((target("avx512f"))) inline __m512i round_bf16(__m512i u) {
   const __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
-                                           _mm512_and_si512(_mm512_srli_epi32(u, 16),
-                                                            _mm512_set1_epi32(1)))),
+      _mm512_add_epi32(
+          u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
+                              _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)))),
       16);
   const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
                                                 _mm512_set1_epi32(0x7F800000));

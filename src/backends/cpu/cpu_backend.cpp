@@ -371,7 +371,8 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
         float* o = a.out + t * a.out_row + (h0 + h) * a.out_head;
         for (int64_t c = 0; c < a.dv; ++c) {
           float sum = 0;
-          for (int64_t s = 0; s < splits; ++s) sum += weight[s] * first[s * part_floats + 2 * kH + c * kH + h];
+          for (int64_t s = 0; s < splits; ++s)
+            sum += weight[s] * first[s * part_floats + 2 * kH + c * kH + h];
           o[c] = sum / l;
         }
       }

@@ -306,13 +306,13 @@ WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
 
 // y[i] = silu(g[i]) · u[i], with silu(g) = g·σ(g) and σ from e^-|g| (never overflows): plain
 // arithmetic the compiler vectorises per instruction set (std::exp stays a scalar call).
-#define WHALE_SWIGLU_BODY                                          \
-  {                                                                \
-    for (int64_t i = 0; i < n; ++i) {                              \
-      const float e = exp_nonpositive(-std::fabs(g[i]));           \
-      const float sigma = (g[i] >= 0 ? 1.0f : e) / (1.0f + e);     \
-      y[i] = g[i] * sigma * u[i];                                  \
-    }                                                              \
+#define WHALE_SWIGLU_BODY                                      \
+  {                                                            \
+    for (int64_t i = 0; i < n; ++i) {                          \
+      const float e = exp_nonpositive(-std::fabs(g[i]));       \
+      const float sigma = (g[i] >= 0 ? 1.0f : e) / (1.0f + e); \
+      y[i] = g[i] * sigma * u[i];                              \
+    }                                                          \
   }
 // clang-format off
 void swiglu_portable(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
@@ -567,8 +567,10 @@ __attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
   }
   const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-  for (j = 0; j + 16 <= n; j += 16) _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
-  if (j < n) _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv));
+  for (j = 0; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+  if (j < n)
+    _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv));
   for (j = n; j < width; ++j) s[j] = 0.0f;
 }
 

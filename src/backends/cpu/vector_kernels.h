@@ -75,11 +75,11 @@ struct MultiQueryPart {
   const float* v = nullptr;    // value s at v + s·v_row
   int64_t k_row = 0, v_row = 0;
   int64_t dk = 0, dv = 0;
-  int64_t s0 = 0, s1 = 0;      // s1 > s0
-  float* scores = nullptr;     // scratch [s1 - s0][kHeads]
-  float* m = nullptr;          // [kHeads]
-  float* l = nullptr;          // [kHeads]
-  float* o_t = nullptr;        // [dv][kHeads]
+  int64_t s0 = 0, s1 = 0;   // s1 > s0
+  float* scores = nullptr;  // scratch [s1 - s0][kHeads]
+  float* m = nullptr;       // [kHeads]
+  float* l = nullptr;       // [kHeads]
+  float* o_t = nullptr;     // [dv][kHeads]
 };
 using MultiQueryFn = void (*)(const MultiQueryPart&);
 MultiQueryFn multi_query_kernel(Isa isa);
