@@ -366,9 +366,36 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int6
   return c[0][0];
 }
 
+__attribute__((target("amx-tile,amx-int8"))) int32_t amx_int8_throughput_loop(int64_t iters) {
+  configure_tiles(TileLayout::kBf16);  // every tile 16 × 64 bytes: 64 codes per row
+  alignas(64) static const int8_t zeros[16 * 64] = {};  // the values do not matter
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, zeros, 64);
+  _tile_loadd(5, zeros, 64);
+  _tile_loadd(6, zeros, 64);
+  _tile_loadd(7, zeros, 64);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_dpbssd(0, 4, 6);
+    _tile_dpbssd(1, 4, 7);
+    _tile_dpbssd(2, 5, 6);
+    _tile_dpbssd(3, 5, 7);
+    _tile_dpbssd(0, 5, 7);
+    _tile_dpbssd(1, 5, 6);
+    _tile_dpbssd(2, 4, 7);
+    _tile_dpbssd(3, 4, 6);
+  }
+  alignas(64) int32_t c[16][16];
+  _tile_stored(0, c, 64);
+  return c[0][0];
+}
+
 #else
 
 bool amx_usable() { return false; }
+int32_t amx_int8_throughput_loop(int64_t) { return 0; }
 void amx_int8_resize(AmxInt8Activations*, int64_t, int64_t) {}
 void amx_int8_prepare(AmxInt8Activations*, const float*, int64_t, int64_t, int64_t) {}
 void amx_int8_matmul_rows(const AmxInt8Activations&, const ops::Matrix&, int64_t, int64_t, float*,

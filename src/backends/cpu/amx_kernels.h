@@ -56,5 +56,8 @@ void amx_int8_matmul_rows(const AmxInt8Activations& a, const ops::Matrix& w, int
 // Runs `iters` rounds of 8 tile products (16·16·32 multiply-adds each) on tiles in registers and
 // returns a value that depends on them: 262,144·iters FLOPs of pure AMX-BF16 throughput.
 float amx_bf16_throughput_loop(int64_t iters);
+// The same for AMX-INT8: 8 tile products of 16·16·64 multiply-adds, 524,288·iters operations
+// (a multiply-add counts 2), the ceiling of the block formats' prefill.
+int32_t amx_int8_throughput_loop(int64_t iters);
 
 }  // namespace whale::cpu
