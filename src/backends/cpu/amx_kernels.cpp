@@ -1,6 +1,7 @@
 #include "backends/cpu/amx_kernels.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "backends/cpu/quant_kernels.h"
@@ -340,9 +341,12 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
   }
 }
 
-__attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int64_t iters) {
+// 8 rounds of tile products per iteration on tiles that stay in registers (all 16 × 64 bytes; the
+// values do not matter): bf16 pairs, or int8 quadruples, per 32-bit element.
+template <bool kInt8>
+__attribute__((target("amx-tile,amx-bf16,amx-int8"))) int32_t tile_throughput_loop(int64_t iters) {
   configure_tiles(TileLayout::kBf16);
-  alignas(64) static const uint16_t zeros[16 * 32] = {};  // the values do not matter
+  alignas(64) static const uint8_t zeros[16 * 64] = {};
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -351,46 +355,32 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int6
   _tile_loadd(5, zeros, 64);
   _tile_loadd(6, zeros, 64);
   _tile_loadd(7, zeros, 64);
-  for (int64_t i = 0; i < iters; ++i) {
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-    _tile_dpbf16ps(0, 5, 7);
-    _tile_dpbf16ps(1, 5, 6);
-    _tile_dpbf16ps(2, 4, 7);
-    _tile_dpbf16ps(3, 4, 6);
+#define WHALE_TILE_PRODUCT(c, a, b) \
+  if constexpr (kInt8) {            \
+    _tile_dpbssd(c, a, b);          \
+  } else {                          \
+    _tile_dpbf16ps(c, a, b);        \
   }
-  alignas(64) float c[16][16];
-  _tile_stored(0, c, 64);
-  return c[0][0];
-}
-
-__attribute__((target("amx-tile,amx-int8"))) int32_t amx_int8_throughput_loop(int64_t iters) {
-  configure_tiles(TileLayout::kBf16);  // every tile 16 × 64 bytes: 64 codes per row
-  alignas(64) static const int8_t zeros[16 * 64] = {};  // the values do not matter
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  _tile_loadd(4, zeros, 64);
-  _tile_loadd(5, zeros, 64);
-  _tile_loadd(6, zeros, 64);
-  _tile_loadd(7, zeros, 64);
   for (int64_t i = 0; i < iters; ++i) {
-    _tile_dpbssd(0, 4, 6);
-    _tile_dpbssd(1, 4, 7);
-    _tile_dpbssd(2, 5, 6);
-    _tile_dpbssd(3, 5, 7);
-    _tile_dpbssd(0, 5, 7);
-    _tile_dpbssd(1, 5, 6);
-    _tile_dpbssd(2, 4, 7);
-    _tile_dpbssd(3, 4, 6);
+    WHALE_TILE_PRODUCT(0, 4, 6)
+    WHALE_TILE_PRODUCT(1, 4, 7)
+    WHALE_TILE_PRODUCT(2, 5, 6)
+    WHALE_TILE_PRODUCT(3, 5, 7)
+    WHALE_TILE_PRODUCT(0, 5, 7)
+    WHALE_TILE_PRODUCT(1, 5, 6)
+    WHALE_TILE_PRODUCT(2, 4, 7)
+    WHALE_TILE_PRODUCT(3, 4, 6)
   }
+#undef WHALE_TILE_PRODUCT
   alignas(64) int32_t c[16][16];
   _tile_stored(0, c, 64);
   return c[0][0];
 }
+
+float amx_bf16_throughput_loop(int64_t iters) {
+  return std::bit_cast<float>(tile_throughput_loop<false>(iters));
+}
+int32_t amx_int8_throughput_loop(int64_t iters) { return tile_throughput_loop<true>(iters); }
 
 #else
 

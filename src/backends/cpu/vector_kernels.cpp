@@ -221,6 +221,11 @@ __attribute__((target("avx2"))) uint64_t read_avx2(const void* p, int64_t n) {
 
 // ---- attention --------------------------------------------------------------------------------
 
+// 2^f on [0, 1), highest power first.
+constexpr float kExp2Poly[7] = {1.535336188319500e-4f, 1.339887440266574e-3f,
+                                9.618437357674640e-3f, 5.550332471162809e-2f,
+                                2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
+
 // e^x for x ≤ 0 (scores less their maximum), relative error about 2e-7: 2^(x·log2 e) split into
 // an integer power, set in the exponent bits, and a degree-6 polynomial for the fraction.
 // Written in plain arithmetic so that the compiler vectorises it for each instruction set.
@@ -229,13 +234,8 @@ inline __attribute__((always_inline)) float exp_nonpositive(float x) {
   const float t = std::max(x * 1.44269504088896341f, -126.0f);
   const float i = std::floor(t);
   const float f = t - i;  // [0, 1)
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
+  float p = kExp2Poly[0];
+  for (int c = 1; c < 7; ++c) p = p * f + kExp2Poly[c];
   const auto bits = std::bit_cast<uint32_t>(p) + (static_cast<uint32_t>(static_cast<int32_t>(i)) << 23);
   return std::bit_cast<float>(bits);
 }
@@ -441,13 +441,8 @@ __attribute__((target("avx512f,fma"))) inline __m512 exp_nonpositive_avx512(__m5
                                  _mm512_set1_ps(-126.0f));
   const __m512 i = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, i);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int c = 1; c < 7; ++c) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[c]));
   const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(i), 23);
   return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }
