@@ -9,6 +9,7 @@
 #include "model/accuracy.h"
 #include "model/deepseek.h"
 #include "model/quantize.h"
+#include "ops/quant.h"
 #include "tests/test_util.h"
 
 namespace whale {
@@ -85,6 +86,7 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   const auto config = nlohmann::json::parse(test::read_file(q.dir + "/config.json"));
   EXPECT_FALSE(config.contains("quantization_config"));  // no FP8 blocks left
   EXPECT_EQ(config["whale_quantization"]["recipe"], "q4-experts");
+  EXPECT_EQ(config["whale_quantization"]["q4_levels"], ops::kQ4LevelsName);
   auto ckpt = Checkpoint::open_dir(q.dir);
   ASSERT_TRUE(ckpt.ok());
   auto dtype = [&](const std::string& name) {
@@ -98,7 +100,77 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype(l1 + "self_attn.kv_b_proj.weight"), "BF16");       // read by columns
   EXPECT_EQ(dtype(l1 + "mlp.gate.weight"), "BF16");                   // the router
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight_scale_inv"), "missing");
+  EXPECT_EQ(dtype("model.embed_tokens.weight"), "BF16");  // read one row per token
   EXPECT_EQ(q.report.tensors_by_form.count("F8_E4M3"), 0u);
+
+  // q4: 4-bit except the head and the dense layers' FFNs (8-bit).
+  const Quantized q4 = quantize(tmp, "v3_fp8", QuantRecipe::kQ4, pool);
+  auto ckpt4 = Checkpoint::open_dir(q4.dir);
+  ASSERT_TRUE(ckpt4.ok());
+  auto dtype4 = [&](const std::string& name) {
+    const StoredTensor* t = ckpt4->find(name);
+    return t ? std::string(dtype_name(t->view.dtype)) : std::string("missing");
+  };
+  EXPECT_EQ(dtype4("model.layers.0.mlp.down_proj.weight"), "I8");  // dense layer 0
+  EXPECT_EQ(dtype4(l1 + "mlp.shared_experts.down_proj.weight"), "U8");
+  EXPECT_EQ(dtype4(l1 + "self_attn.o_proj.weight"), "U8");
+  EXPECT_EQ(dtype4("lm_head.weight"), "I8");
+  EXPECT_EQ(dtype4("model.embed_tokens.weight"), "BF16");
+}
+
+// 4-bit weights are only read with the level table they were written with: a config.json
+// without whale_quantization.q4_levels (an older whale's q4, value = scale · (code − 8)) or with
+// another table is refused by name.
+TEST(Quantize, FourBitWeightsNeedTheirLevelTable) {
+  ThreadPool pool(2);
+  test::TempDir tmp;
+  const Quantized q = quantize(tmp, "v2_lite", QuantRecipe::kQ4, pool);
+  ASSERT_TRUE(model::Model::load(q.dir).ok());
+  auto config = nlohmann::json::parse(test::read_file(q.dir + "/config.json"));
+  for (const char* levels : {"", "some-other-table"}) {
+    if (*levels) {
+      config["whale_quantization"]["q4_levels"] = levels;
+    } else {
+      config["whale_quantization"].erase("q4_levels");
+    }
+    test::write_file(q.dir + "/config.json", config.dump());
+    auto m = model::Model::load(q.dir);
+    ASSERT_FALSE(m.ok()) << levels;
+    const std::string msg = m.error().to_string();
+    EXPECT_NE(msg.find("whale_quantization.q4_levels"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rewrite the model with whale quantize"), std::string::npos) << msg;
+  }
+}
+
+// The defined 4-bit value of each code is scale · kQ4Levels[code]; the quantizer finds, for a
+// block that is exactly a scaled copy of the levels, those codes and that scale.
+TEST(Quantize, FourBitCodesAreTheLevels) {
+  float row[ops::kQuantBlock];
+  const float d = 1.0f / 128;  // exact in f16
+  for (int i = 0; i < ops::kQuantBlock; ++i) row[i] = d * ops::kQ4Levels[(i * 7) % 16];
+  uint8_t packed[ops::kQuantBlock / 2];
+  uint16_t scale;
+  ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);
+  ops::Matrix m;
+  m.format = ops::WeightFormat::kQ4;
+  m.dtype = DType::kU8;
+  m.data = packed;
+  m.rows = 1;
+  m.cols = ops::kQuantBlock;
+  m.scale = &scale;
+  m.scale_dtype = DType::kF16;
+  m.scale_cols = 1;
+  m.block_rows = 1;
+  m.block_cols = ops::kQuantBlock;
+  for (int i = 0; i < ops::kQuantBlock; ++i) {
+    EXPECT_EQ(ops::weight_code(m, 0, i), ops::kQ4Levels[(i * 7) % 16]) << i;
+    EXPECT_NEAR(m.at(0, i), row[i], 1e-5f) << i;
+  }
+  // A block of zeros has scale 0; negative peaks get a negative scale.
+  for (float& v : row) v = -v;
+  ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);
+  EXPECT_LT(f16_to_f32(scale), 0.0f);
+  for (int i = 0; i < ops::kQuantBlock; ++i) EXPECT_NEAR(m.at(0, i), row[i], 1e-5f) << i;
 }
 
 TEST(Quantize, BlockFormatTensorsAreChecked) {
@@ -173,6 +245,51 @@ TEST(Quantize, CommandLine) {
   EXPECT_NE(text.find("unknown type 'q3'"), std::string::npos) << text;
   EXPECT_EQ(test::run_command(whale + " compare " + in + " " + test::fixture_dir("v2_lite"), &text), 2);
   EXPECT_NE(text.find("different vocabularies"), std::string::npos) << text;
+}
+
+// whale compare --text scores a text's tokens (by the reference's tokenizer) in independent
+// sequences of --window positions.
+TEST(Quantize, CompareScoresATextInWindows) {
+  test::TempDir tmp;
+  const std::string whale = WHALE_BINARY;
+  const std::string in = std::string(WHALE_SOURCE_DIR) + "/models/whale-mini";
+  const std::string out = tmp.file("q8");
+  std::string text;
+  ASSERT_EQ(test::run_command(whale + " quantize " + in + " " + out + " --type q8 2>/dev/null", &text), 0)
+      << text;
+  const std::string passage = tmp.file("passage.txt");
+  test::write_file(passage, "In the beginning God created the heavens and the earth. "
+                            "It is a truth universally acknowledged, that a single man in "
+                            "possession of a good fortune, must be in want of a wife.");
+  ASSERT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " + passage +
+                                  " --window 8 --json",
+                              &text),
+            0)
+      << text;
+  const auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["window"], 8);
+  EXPECT_EQ(j["text"], passage);
+  EXPECT_GT(j["positions"].get<int64_t>(), 20);  // every token of the passage
+  EXPECT_GE(j["top1_agreement"].get<double>(), 0.8);
+  EXPECT_LT(j["mean_kl"].get<double>(), 0.05);
+  ASSERT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " + passage +
+                                  " --tokens 5 --json",
+                              &text),
+            0)
+      << text;
+  EXPECT_EQ(nlohmann::json::parse(text)["positions"], 5);
+
+  EXPECT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " +
+                                  tmp.file("absent.txt"),
+                              &text),
+            2);
+  EXPECT_NE(text.find("absent.txt"), std::string::npos) << text;
+  test::write_file(tmp.file("empty.txt"), "");
+  EXPECT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " +
+                                  tmp.file("empty.txt"),
+                              &text),
+            2);
+  EXPECT_NE(text.find("the text has no tokens"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -131,7 +131,9 @@ struct QuantizeArgs {
 struct CompareArgs {
   std::string reference;
   std::string model;
-  int64_t tokens = 128;
+  std::string text;      // score this file's tokens instead of random ids
+  int64_t tokens = 0;    // 0: 256 random ids, or the whole text
+  int64_t window = 256;  // positions per independent sequence
   uint32_t seed = 1;
   int threads = 0;
   bool json = false;

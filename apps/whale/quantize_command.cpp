@@ -1,5 +1,6 @@
 // whale quantize: a checkpoint rewritten in bf16 or whale's block formats; and whale compare:
 // how far a model's next-token distributions are from a reference's over the same tokens.
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -24,9 +25,14 @@ void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c) {
       "compare", "Compare a model's next-token distributions with a reference model's");
   cmp->add_option("REFERENCE_DIR", c.reference, "reference model directory")->required();
   cmp->add_option("MODEL_DIR", c.model, "model directory to compare")->required();
-  cmp->add_option("--tokens", c.tokens, "length of the token sequence")
-      ->check(CLI::Range(1, 1 << 16));
-  cmp->add_option("--seed", c.seed, "seed of the token sequence");
+  cmp->add_option("--text", c.text, "score this text file's tokens (default: random ids)");
+  cmp->add_option("--tokens", c.tokens, "tokens to score (default: 256 random ids, or the whole text)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmp->add_option("--window", c.window,
+                  "positions per sequence: the tokens are scored as independent sequences of "
+                  "this length (default 256, at most the model's context)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmp->add_option("--seed", c.seed, "seed of the random ids");
   cmp->add_option("--threads", c.threads, "threads (default: every core)")
       ->check(CLI::Range(0, 1024));
   cmp->add_flag("--json", c.json, "print one JSON object");
@@ -53,8 +59,30 @@ int run_quantize(const QuantizeArgs& args) {
   return 0;
 }
 
+namespace {
+
+// The ids compare scores: the text's tokens (by the reference model's tokenizer), or random ids.
+Result<std::vector<int32_t>> compare_ids(const CompareArgs& args, const LoadedModel& ref) {
+  if (!args.text.empty()) {
+    WHALE_ASSIGN_OR_RETURN(std::string text, read_text_file(args.text));
+    auto ids = ref.tokenizer->encode(text, tok::SpecialTokens::kIgnore);
+    if (!ids.ok()) return make_error(ids.error().message, "--text", args.text);
+    if (ids->empty()) return make_error("the text has no tokens", "--text", args.text);
+    if (args.tokens > 0 && static_cast<int64_t>(ids->size()) > args.tokens) ids->resize(args.tokens);
+    return ids;
+  }
+  const int64_t vocab = ref.model->config().vocab_size;
+  std::mt19937 rng(args.seed);
+  std::vector<int32_t> ids(static_cast<size_t>(args.tokens > 0 ? args.tokens : 256));
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return ids;
+}
+
+}  // namespace
+
 int run_compare(const CompareArgs& args) {
-  auto ref = load_model(args.reference, args.threads, /*quiet=*/true, /*with_tokenizer=*/false);
+  const bool with_tokenizer = !args.text.empty();
+  auto ref = load_model(args.reference, args.threads, /*quiet=*/true, with_tokenizer);
   if (!ref.ok()) return report("compare", ref.error());
   auto other = load_model(args.model, args.threads, /*quiet=*/true, /*with_tokenizer=*/false);
   if (!other.ok()) return report("compare", other.error());
@@ -62,20 +90,27 @@ int run_compare(const CompareArgs& args) {
   if (other->model->config().vocab_size != c.vocab_size) {
     return report("compare", make_error("the two models have different vocabularies", "MODEL_DIR"));
   }
-  const int64_t n = std::min<int64_t>(args.tokens, c.max_position_embeddings);
-  std::mt19937 rng(args.seed);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
+  auto ids = compare_ids(args, *ref);
+  if (!ids.ok()) return report("compare", ids.error());
+  const int64_t n = static_cast<int64_t>(ids->size());
+  const int64_t window = std::min({args.window, c.max_position_embeddings,
+                                   other->model->config().max_position_embeddings});
 
+  // Each window is its own sequence, from an empty cache, in both models.
   std::vector<float> logits[2];
   LoadedModel* models[2] = {&*ref, &*other};
   for (int k = 0; k < 2; ++k) {
-    model::KvCache cache(models[k]->model->config(), n);
+    model::KvCache cache(models[k]->model->config(), window);
     model::ForwardOptions options;
     options.all_logits = true;
-    auto out = models[k]->model->forward(*models[k]->backend, ids, cache, options);
-    if (!out.ok()) return report("compare", out.error());
-    logits[k] = std::move(*out);
+    for (int64_t start = 0; start < n; start += window) {
+      cache.clear();
+      const int64_t len = std::min(window, n - start);
+      auto out = models[k]->model->forward(
+          *models[k]->backend, std::span<const int32_t>(ids->data() + start, len), cache, options);
+      if (!out.ok()) return report("compare", out.error());
+      logits[k].insert(logits[k].end(), out->begin(), out->end());
+    }
   }
   const model::LogitComparison r = model::compare_logits(logits[0], logits[1], c.vocab_size);
   if (args.json) {
@@ -83,7 +118,12 @@ int run_compare(const CompareArgs& args) {
     j["reference"] = args.reference;
     j["model"] = args.model;
     j["positions"] = r.positions;
-    j["seed"] = args.seed;
+    j["window"] = window;
+    if (args.text.empty()) {
+      j["seed"] = args.seed;
+    } else {
+      j["text"] = args.text;
+    }
     j["mean_kl"] = r.mean_kl;
     j["max_kl"] = r.max_kl;
     j["top1_agreement"] = r.top1_agreement;
@@ -91,10 +131,12 @@ int run_compare(const CompareArgs& args) {
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("%lld positions (random ids, seed %u): mean KL %.3g nats (max %.3g), top-1 agreement "
-              "%.2f%%, max |Δlogit| %.3g\n",
-              (long long)r.positions, args.seed, r.mean_kl, r.max_kl, 100 * r.top1_agreement,
-              r.max_abs_diff);
+  const std::string source = args.text.empty() ? "random ids, seed " + std::to_string(args.seed)
+                                              : "the tokens of " + args.text;
+  std::printf("%lld positions (%s; sequences of %lld): mean KL %.3g nats (max %.3g), top-1 "
+              "agreement %.2f%%, max |Δlogit| %.3g\n",
+              (long long)r.positions, source.c_str(), (long long)window, r.mean_kl, r.max_kl,
+              100 * r.top1_agreement, r.max_abs_diff);
   return 0;
 }
 

@@ -371,6 +371,12 @@ Result<ModelConfig> parse_config(const std::string& json_text, const std::string
     if (!q->is_object()) return r.error("quantization_config", "must be an object");
     WHALE_ASSIGN_OR_RETURN(c.fp8, parse_quantization(*q, path));
   }
+  if (r.has("whale_quantization")) {
+    const json* q = r.find("whale_quantization");
+    if (!q->is_object()) return r.error("whale_quantization", "must be an object");
+    FieldReader wq(*q, "whale_quantization.", path);
+    WHALE_ASSIGN_OR_RETURN(c.q4_levels, wq.string("q4_levels", std::string()));
+  }
   WHALE_TRY(validate(c, r));
   return c;
 }

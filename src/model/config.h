@@ -72,6 +72,9 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id;
   std::optional<int64_t> eos_token_id;
   std::optional<Fp8Quantization> fp8;
+  // whale_quantization.q4_levels: the name of the level table of 4-bit (U8) weights, as
+  // `whale quantize` wrote it; empty when absent.
+  std::string q4_levels;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // DeepSeek's rule: MoE iff layer >= first_k_dense_replace and layer % moe_layer_freq == 0.

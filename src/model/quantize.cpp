@@ -28,14 +28,19 @@ Target target_for(const TensorSpec& s, QuantRecipe recipe) {
   if (s.kind == TensorKind::kNorm || s.kind == TensorKind::kBias) return Target::kKeep;
   const bool router = ends_with(s.checkpoint, "mlp.gate.weight");
   const bool kv_b = ends_with(s.checkpoint, "kv_b_proj.weight");
+  // The embedding is read one row per token, so its size costs no decode time: it stays bf16.
+  const bool embedding = ends_with(s.checkpoint, "embed_tokens.weight");
   const bool head = ends_with(s.checkpoint, "lm_head.weight") ||
                     ends_with(s.checkpoint, "shared_head.head.weight");
-  if (router || kv_b || recipe == QuantRecipe::kBf16) return Target::kBf16;
+  // The FFNs of the first (dense) layers: a few percent of the weights read per token, and on
+  // whale-mini the tensors whose 4-bit error moves the logits most (bench/README.md).
+  const bool dense_ffn = s.logical.find(".ffn.") != std::string::npos;
+  if (router || kv_b || embedding || recipe == QuantRecipe::kBf16) return Target::kBf16;
   switch (recipe) {
     case QuantRecipe::kQ8:
       return Target::kQ8;
     case QuantRecipe::kQ4:
-      return head ? Target::kQ8 : Target::kQ4;
+      return head || dense_ffn ? Target::kQ8 : Target::kQ4;
     case QuantRecipe::kQ4Experts:
       return s.routed_expert ? Target::kQ4 : Target::kQ8;
     case QuantRecipe::kBf16:
@@ -222,7 +227,8 @@ Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std:
   config.erase("quantization_config");
   config["whale_quantization"] = {{"recipe", recipe_name(recipe)},
                                   {"block_size", ops::kQuantBlock},
-                                  {"scale_dtype", "F16"}};
+                                  {"scale_dtype", "F16"},
+                                  {"q4_levels", ops::kQ4LevelsName}};
   {
     const fs::path path = fs::path(out_dir) / "config.json";
     std::ofstream f(path);

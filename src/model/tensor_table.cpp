@@ -1,5 +1,7 @@
 #include "model/tensor_table.h"
 
+#include "ops/quant.h"
+
 namespace whale::model {
 namespace {
 
@@ -199,6 +201,14 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     }
     if (s.group == TensorGroup::kMtp) ++mtp_found;
     const TensorView& v = t->view;
+    if (v.dtype == DType::kU8 && c.q4_levels != ops::kQ4LevelsName) {
+      // An older whale wrote 4-bit codes as scale · (q − 8); read with today's levels they
+      // would give wrong numbers without any error.
+      problems.push_back(s.checkpoint + ": 4-bit (U8) weights need config.json's "
+                         "whale_quantization.q4_levels to be \"" + std::string(ops::kQ4LevelsName) +
+                         "\", found \"" + c.q4_levels + "\"; rewrite the model with whale quantize");
+      continue;
+    }
     if (v.dtype == DType::kI8 || v.dtype == DType::kU8) {
       if (std::optional<std::string> p = bind_block_quantized(s, v, ckpt)) problems.push_back(*p);
       continue;

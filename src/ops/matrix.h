@@ -12,8 +12,9 @@ namespace whale::ops {
 // whale's block-quantized formats: each row is cut into blocks of 32 columns, each block with an
 // f16 scale ([rows, cols / 32], `<name>_scale` in the checkpoint).
 //   kQ8: int8 codes q, value = scale · q (q in -127..127).
-//   kQ4: 4-bit codes q in 0..15, value = scale · (q - 8), two per byte, 16 bytes per block:
-//        byte i of a block holds column i in its low nibble and column i + 16 in its high one.
+//   kQ4: 4-bit codes q in 0..15, value = scale · kQ4Levels[q] (ops/quant.h), two per byte,
+//        16 bytes per block: byte i of a block holds column i in its low nibble and column
+//        i + 16 in its high one.
 enum class WeightFormat : uint8_t { kDense, kQ8, kQ4 };
 constexpr int64_t kQuantBlock = 32;
 

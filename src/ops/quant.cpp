@@ -33,7 +33,7 @@ int weight_code(const Matrix& w, int64_t r, int64_t c) {
   if (w.format == WeightFormat::kQ8) return static_cast<int8_t>(row[c]);
   const int64_t block = c / kQuantBlock, i = c % kQuantBlock, half = kQuantBlock / 2;
   const uint8_t byte = row[block * half + i % half];
-  return (i < half ? byte & 0xF : byte >> 4) - 8;
+  return kQ4Levels[i < half ? byte & 0xF : byte >> 4];
 }
 
 namespace {
@@ -95,14 +95,59 @@ void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales)
   }
 }
 
+namespace {
+
+// The index of the kQ4Levels entry nearest v (ties to the lower one).
+int nearest_level(float v) {
+  int lo = 0;
+  for (int step = 8; step > 0; step /= 2) {  // binary search over the midpoints
+    const int mid = lo + step - 1;
+    if (mid < 15 && v > 0.5f * (float(kQ4Levels[mid]) + float(kQ4Levels[mid + 1]))) lo = mid + 1;
+  }
+  return lo;
+}
+
+}  // namespace
+
 void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales) {
-  int q[kQuantBlock];
   constexpr int64_t half = kQuantBlock / 2;
+  int q[kQuantBlock];
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
-    const float d = quantize_block(x + b * kQuantBlock, -8, 7, q);
-    scales[b] = f32_to_f16(d);
+    const float* xb = x + b * kQuantBlock;
+    float peak = 0;  // the signed element of largest |x|
+    for (int64_t i = 0; i < kQuantBlock; ++i) {
+      if (std::fabs(xb[i]) > std::fabs(peak)) peak = xb[i];
+    }
+    float best = 0;
+    if (peak != 0 && std::isfinite(peak)) {
+      // Scales around peak / 127, each refitted by least squares for its codes; the one that
+      // leaves the least squared error wins.
+      double best_err = INFINITY;
+      for (int step = -4; step <= 8; ++step) {
+        const float d = peak / (127.0f + 2.0f * static_cast<float>(step));
+        double xq = 0, qq = 0;
+        for (int64_t i = 0; i < kQuantBlock; ++i) {
+          const double level = kQ4Levels[nearest_level(xb[i] / d)];
+          xq += double(xb[i]) * level;
+          qq += level * level;
+        }
+        const float refit = f16_to_f32(f32_to_f16(static_cast<float>(xq / qq)));
+        if (refit == 0 || !std::isfinite(refit)) continue;
+        double err = 0;
+        for (int64_t i = 0; i < kQuantBlock; ++i) {
+          const double e = double(xb[i]) - double(refit) * kQ4Levels[nearest_level(xb[i] / refit)];
+          err += e * e;
+        }
+        if (err < best_err) {
+          best_err = err;
+          best = refit;
+        }
+      }
+    }
+    for (int64_t i = 0; i < kQuantBlock; ++i) q[i] = best != 0 ? nearest_level(xb[i] / best) : 7;
+    scales[b] = f32_to_f16(best);
     for (int64_t i = 0; i < half; ++i) {
-      packed[b * half + i] = static_cast<uint8_t>((q[i] + 8) | ((q[i + half] + 8) << 4));
+      packed[b * half + i] = static_cast<uint8_t>(q[i] | (q[i + half] << 4));
     }
   }
 }

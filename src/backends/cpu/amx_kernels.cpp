@@ -295,8 +295,8 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
         if (q4) {
           const uint8_t* bytes = row + b * 16;
           for (int i = 0; i < 16; ++i) {
-            dst[i] = static_cast<int8_t>((bytes[i] & 0xF) - 8);
-            dst[i + 16] = static_cast<int8_t>((bytes[i] >> 4) - 8);
+            dst[i] = ops::kQ4Levels[bytes[i] & 0xF];
+            dst[i + 16] = ops::kQ4Levels[bytes[i] >> 4];
           }
         } else {
           std::memcpy(dst, row + b * 32, 32);

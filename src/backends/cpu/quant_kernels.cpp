@@ -78,8 +78,9 @@ float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
       hi = lo + kHalf;
     }
     int32_t dot = 0;
-    for (int64_t i = 0; i < kHalf; ++i) dot += (bytes[i] & 0xF) * lo[i] + (bytes[i] >> 4) * hi[i];
-    dot -= 8 * x.sums[b];
+    for (int64_t i = 0; i < kHalf; ++i) {
+      dot += ops::kQ4Levels[bytes[i] & 0xF] * lo[i] + ops::kQ4Levels[bytes[i] >> 4] * hi[i];
+    }
     acc += scale_at(w, r, b) * x.scales[b] * static_cast<float>(dot);
   }
   return acc;
@@ -99,6 +100,13 @@ void q4_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, f
 
 #define WHALE_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"
 
+// ops::kQ4Levels + 128 (as unsigned bytes) in every 128-bit lane, for byte shuffles.
+__attribute__((target(WHALE_AVX512_VNNI))) inline __m512i q4_levels_biased_512() {
+  alignas(16) uint8_t t[16];
+  for (int i = 0; i < 16; ++i) t[i] = static_cast<uint8_t>(ops::kQ4Levels[i] + 128);
+  return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
+}
+
 // The codes and f16 scales of rows r..r+R-1.
 template <int R>
 struct RowPointers {
@@ -113,10 +121,11 @@ struct RowPointers {
 };
 
 // Per group of 128 columns and row: 64 bytes of nibbles, unpacked into the low nibbles
-// (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i),
-// multiplied by activations prepared in that order. VNNI lane l then holds block l / 4, so the
-// four block scales are spread over lanes with one permute; the zero point (8) is subtracted by
-// starting the integer sums from the prepared per-lane correction.
+// (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i)
+// and looked up (one byte shuffle each) as their level + 128, an unsigned byte, then multiplied
+// by activations prepared in that order. VNNI lane l then holds block l / 4, so the four block
+// scales are spread over lanes with one permute; the + 128 is taken off by starting the integer
+// sums from the prepared per-lane correction (−128 · Σx over each block's four lanes).
 template <int R>
 __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp, const Matrix& w,
                                                                int64_t r, float* out) {
@@ -128,6 +137,7 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i levels = q4_levels_biased_512();
   const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   for (int64_t g = 0; g < groups; ++g) {
     const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);
@@ -137,8 +147,9 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * 64 + kPrefetch), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(rows[i] + g * 64);
-      const __m512i lo = _mm512_and_si512(v, nibble);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      const __m512i lo = _mm512_shuffle_epi8(levels, _mm512_and_si512(v, nibble));
+      const __m512i hi =
+          _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
       const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xlo), hi, xhi);
       const __m128 ws = _mm_cvtph_ps(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
@@ -260,6 +271,7 @@ __attribute__((target(WHALE_AVX2))) void q8_rows_avx2(const uint8_t* xp, const M
   }
 }
 
+// As q8_rows_avx2, with the codes first looked up as their signed levels (one byte shuffle).
 template <int R>
 __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const Matrix& w,
                                                       int64_t r, float* out) {
@@ -267,26 +279,27 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
   const int64_t groups = w.cols / kGroup;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i nibble = _mm_set1_epi8(0x0F);
+  const __m256i levels = _mm256_broadcastsi128_si256(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
   for (int i = 0; i < R; ++i) {
     const uint8_t* row = row_data(w, r + i);
     __m256 acc = _mm256_setzero_ps();
-    float zero_point = 0;  // Σ scale · 8 · Σx, subtracted at the end
     for (int64_t b = 0; b < groups * 4; ++b) {
       _mm_prefetch(reinterpret_cast<const char*>(row + b * kHalf + kPrefetch), _MM_HINT_T0);
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kHalf));
-      const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble),
-                                             _mm_and_si128(v, nibble));
+      const __m256i codes = _mm256_shuffle_epi8(
+          levels, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble),
+                                   _mm_and_si128(v, nibble)));
       const int8_t* lo = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
       const __m256i xv =
           _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + 2 * kQuantBlock)),
                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
-      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), ones));
-      const float s = scale_at(w, r + i, b) * x.scales[b];
-      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(s), acc);
-      zero_point += s * static_cast<float>(8 * x.sums[b]);
+      const __m256i p =
+          _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(xv, codes));
+      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
     }
-    out[i] = hsum256(acc) - zero_point +
-             q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+    out[i] = hsum256(acc) + q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
   }
 }
 
@@ -411,8 +424,8 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
       int8_t* lo = codes + (b / 4) * kGroup + (b % 4) * kHalf;
       std::memcpy(lo, q, kHalf);
       std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
-      // Four VNNI lanes per block; together they subtract 8 · Σx.
-      for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -2 * sums[b];
+      // Four VNNI lanes per block; together they subtract 128 · Σx (the levels come biased).
+      for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -32 * sums[b];
     } else {
       std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
       // kQ8 reads w + 128 as unsigned: eight VNNI lanes per block together subtract 128 · Σx.
