@@ -1,7 +1,7 @@
 // Kernel lab: times the CPU backend's products and attention on the shapes synth-v3-1b's
 // prefill and decode run, each as a fraction of the limit that binds it. Not a test: speed goals
 // live here and in `whale bench`.
-//   whale_matmul_lab [threads]
+//   whale_matmul_lab [threads] [SHAPE | decode | attention]   (a name filters the prefill shapes)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -95,8 +95,9 @@ int main(int argc, char** argv) {
       {"expert down 1024x512 n=48 x32", 1024, 512, 48, 32},
   };
   const bool attention_only = argc > 2 && std::string(argv[2]) == "attention";
+  const bool decode_only = argc > 2 && std::string(argv[2]) == "decode";
   for (const Shape& s : shapes) {
-    if (attention_only) break;
+    if (attention_only || decode_only) break;
     if (argc > 2 && std::string(s.name).find(argv[2]) == std::string::npos) continue;
     std::vector<Bf16Matrix> ws;
     for (int64_t c = 0; c < s.copies; ++c) ws.emplace_back(s.rows, s.cols, rng);
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
   // Decode's products: one token through many expert-sized matrices, more than the caches hold,
   // as GB/s of weights streamed.
   for (const char* form : {"bf16", "q8", "q4"}) {
-    if (argc > 2) break;
+    if (argc > 2 && !decode_only) break;
     const int64_t rows = 512, cols = 1024;
     const int64_t per_matrix = std::string(form) == "bf16" ? rows * cols * 2
                                : std::string(form) == "q8" ? rows * cols * 17 / 16

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "backends/cpu/cpu_backend.h"
@@ -166,8 +167,21 @@ TEST(Quantize, FourBitCodesAreTheLevels) {
     EXPECT_EQ(ops::weight_code(m, 0, i), ops::kQ4Levels[(i * 7) % 16]) << i;
     EXPECT_NEAR(m.at(0, i), row[i], 1e-5f) << i;
   }
-  // A block of zeros has scale 0; negative peaks get a negative scale.
-  for (float& v : row) v = -v;
+  // Random rows: every code is the level nearest x / scale.
+  std::mt19937 rng(3);
+  std::student_t_distribution<float> t5(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    for (float& v : row) v = 0.02f * t5(rng);
+    ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);
+    const float s = f16_to_f32(scale);
+    ASSERT_NE(s, 0.0f);
+    for (int i = 0; i < ops::kQuantBlock; ++i) {
+      const float v = row[i] / s, got = std::fabs(v - ops::weight_code(m, 0, i));
+      for (int8_t level : ops::kQ4Levels) EXPECT_LE(got, std::fabs(v - level) + 1e-3f) << i;
+    }
+  }
+  // Negative peaks get a negative scale.
+  for (int i = 0; i < ops::kQuantBlock; ++i) row[i] = -d * ops::kQ4Levels[(i * 7) % 16];
   ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);
   EXPECT_LT(f16_to_f32(scale), 0.0f);
   for (int i = 0; i < ops::kQuantBlock; ++i) EXPECT_NEAR(m.at(0, i), row[i], 1e-5f) << i;

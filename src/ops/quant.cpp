@@ -97,54 +97,74 @@ void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales)
 
 namespace {
 
-// The index of the kQ4Levels entry nearest v (ties to the lower one).
-int nearest_level(float v) {
-  int lo = 0;
-  for (int step = 8; step > 0; step /= 2) {  // binary search over the midpoints
-    const int mid = lo + step - 1;
-    if (mid < 15 && v > 0.5f * (float(kQ4Levels[mid]) + float(kQ4Levels[mid + 1]))) lo = mid + 1;
+// The index of the kQ4Levels entry nearest v (ties to the lower one), by table: the level
+// nearest the start of v's unit interval, or the next one if v is past their midpoint (an
+// interval of width 1 holds at most one midpoint: the levels are 10 or more apart). Written by
+// hand because the quantizer calls it for every weight and scale it tries.
+class NearestLevel {
+ public:
+  NearestLevel() {
+    for (int j = 0; j < 15; ++j) mid_[j] = 0.5f * (float(kQ4Levels[j]) + float(kQ4Levels[j + 1]));
+    mid_[15] = INFINITY;
+    for (int c = 0; c <= 2 * kReach; ++c) {
+      int k = 0;
+      while (k < 15 && float(c - kReach) > mid_[k]) ++k;
+      start_[c] = static_cast<int8_t>(k);
+    }
   }
-  return lo;
-}
+  // v finite; |v| beyond kReach is clamped (the outermost levels are nearest there anyway).
+  int operator()(float v) const {
+    v = std::clamp(v, float(-kReach), float(kReach) - 0.5f);
+    const int k = start_[static_cast<int>(std::floor(v)) + kReach];
+    return v > mid_[k] ? k + 1 : k;
+  }
+
+ private:
+  static constexpr int kReach = 192;
+  int8_t start_[2 * kReach + 1];
+  float mid_[16];
+};
 
 }  // namespace
 
 void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales) {
+  static const NearestLevel nearest;
   constexpr int64_t half = kQuantBlock / 2;
   int q[kQuantBlock];
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
     const float* xb = x + b * kQuantBlock;
     float peak = 0;  // the signed element of largest |x|
+    bool finite = true;
+    double xx = 0;
     for (int64_t i = 0; i < kQuantBlock; ++i) {
+      finite &= std::fabs(xb[i]) < INFINITY;  // false for NaN too
       if (std::fabs(xb[i]) > std::fabs(peak)) peak = xb[i];
+      xx += double(xb[i]) * xb[i];
     }
     float best = 0;
-    if (peak != 0 && std::isfinite(peak)) {
-      // Scales around peak / 127, each refitted by least squares for its codes; the one that
-      // leaves the least squared error wins.
+    if (peak != 0 && finite) {
+      // Scales around peak / 127: the codes at each, and the least-squares scale for those codes;
+      // the one that leaves the least squared error (Σx² − (Σx·l)² / Σl²) wins.
       double best_err = INFINITY;
       for (int step = -4; step <= 8; ++step) {
-        const float d = peak / (127.0f + 2.0f * static_cast<float>(step));
-        double xq = 0, qq = 0;
+        const float inv = (127.0f + 2.0f * static_cast<float>(step)) / peak;
+        double xl = 0, ll = 0;
         for (int64_t i = 0; i < kQuantBlock; ++i) {
-          const double level = kQ4Levels[nearest_level(xb[i] / d)];
-          xq += double(xb[i]) * level;
-          qq += level * level;
+          const double level = kQ4Levels[nearest(xb[i] * inv)];
+          xl += double(xb[i]) * level;
+          ll += level * level;
         }
-        const float refit = f16_to_f32(f32_to_f16(static_cast<float>(xq / qq)));
-        if (refit == 0 || !std::isfinite(refit)) continue;
-        double err = 0;
-        for (int64_t i = 0; i < kQuantBlock; ++i) {
-          const double e = double(xb[i]) - double(refit) * kQ4Levels[nearest_level(xb[i] / refit)];
-          err += e * e;
-        }
+        const double err = xx - xl * xl / ll;
         if (err < best_err) {
           best_err = err;
-          best = refit;
+          best = static_cast<float>(xl / ll);
         }
       }
+      best = f16_to_f32(f32_to_f16(best));
+      if (!std::isfinite(best)) best = 0;  // beyond f16's range
     }
-    for (int64_t i = 0; i < kQuantBlock; ++i) q[i] = best != 0 ? nearest_level(xb[i] / best) : 7;
+    const float inv = best != 0 ? 1.0f / best : 0.0f;
+    for (int64_t i = 0; i < kQuantBlock; ++i) q[i] = nearest(best != 0 ? xb[i] * inv : 0.0f);
     scales[b] = f32_to_f16(best);
     for (int64_t i = 0; i < half; ++i) {
       packed[b * half + i] = static_cast<uint8_t>(q[i] | (q[i + half] << 4));
