@@ -2,6 +2,7 @@
 // prefill and decode run, each as a fraction of the limit that binds it. Not a test: speed goals
 // live here and in `whale bench`.
 //   whale_matmul_lab [threads] [SHAPE | decode | attention]   (a name filters the prefill shapes)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -122,7 +123,12 @@ int main(int argc, char** argv) {
     const int64_t per_matrix = std::string(form) == "bf16" ? rows * cols * 2
                                : std::string(form) == "q8" ? rows * cols * 17 / 16
                                                            : rows * cols * 9 / 16;
-    const int64_t count = (int64_t{400} << 20) / per_matrix;  // well past the last-level cache
+    // 400 MB, well past the last-level cache; WHALE_LAB_DECODE_MB=1 keeps them in L2 instead,
+    // which times the kernels' arithmetic rather than the memory.
+    const char* mb = std::getenv("WHALE_LAB_DECODE_MB");
+    const int64_t count = std::max<int64_t>(2, ((mb ? std::atoll(mb) : 400) << 20) / per_matrix);
+    const int reps = static_cast<int>(
+        std::min<int64_t>(20000, 20 * (int64_t{400} << 20) / (count * per_matrix)));
     std::vector<Bf16Matrix> dense;
     std::vector<QuantMatrix> quant;
     std::vector<ops::MatmulTask> tasks;
@@ -154,9 +160,9 @@ int main(int argc, char** argv) {
             if (sink == 42) std::puts("");
           });
         },
-        20);
+        reps);
     std::printf("  read loop over the same weights: %6.1f GB/s\n", bytes / t_read * 1e-9);
-    const double t = seconds([&] { ops.matmul_batch(tasks); }, 20);
+    const double t = seconds([&] { ops.matmul_batch(tasks); }, reps);
     std::printf("decode %-4s %lld x %lldx%lld n=1       %8.3f ms  %6.1f GB/s\n", form,
                 static_cast<long long>(count), static_cast<long long>(rows),
                 static_cast<long long>(cols), t * 1e3, bytes / t * 1e-9);

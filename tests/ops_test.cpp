@@ -457,6 +457,36 @@ TEST(BlockFormats, PreparedActivationsAreTheSameOnEveryPath) {
   }
 }
 
+// AVX-512's q4 kernel with and without VBMI (the level lookup differs) against the reference
+// product, over full groups of 128 columns and a tail block, 1 to 4 rows at a time.
+TEST(BlockFormats, Q4KernelWithAndWithoutVbmiMatchesReference) {
+  if (!cpu::has_avx512_vnni()) GTEST_SKIP() << "no AVX-512 VNNI";
+  const int64_t rows = 7, cols = 288;
+  const StoredMatrix w = make_block_matrix(ops::WeightFormat::kQ4, rows, cols, 91);
+  const std::vector<float> x = random_vector(cols, 92);
+  std::vector<float> want(rows);
+  ops::RefBackend().matmul(want.data(), rows, x.data(), cols, 1, w.m);
+  std::vector<uint8_t> prepared(static_cast<size_t>(cpu::prepared_layout(cols).bytes));
+  cpu::prepare_quantized(x.data(), cols, ops::WeightFormat::kQ4, prepared.data(),
+                         cpu::Isa::kAvx512);
+  for (const bool vbmi : {false, true}) {
+    if (vbmi && !cpu::has_avx512_vbmi()) continue;
+    const cpu::QuantRowsFn kernel =
+        cpu::quant_rows_kernel(cpu::Isa::kAvx512, ops::WeightFormat::kQ4, vbmi);
+    for (int step = 1; step <= 4; ++step) {
+      std::vector<float> got(rows);
+      for (int64_t r = 0; r < rows; r += step) {
+        kernel(prepared.data(), w.m, r, static_cast<int>(std::min<int64_t>(step, rows - r)),
+               got.data() + r);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_NEAR(got[r], want[r], 1e-4f * (1.0f + std::fabs(want[r])))
+            << "vbmi " << vbmi << " step " << step << " row " << r;
+      }
+    }
+  }
+}
+
 TEST(Isa, EnvironmentForcesAKernelPath) {
   const std::vector<cpu::Isa> isas = cpu::supported_isas();
   ASSERT_EQ(isas.front(), cpu::Isa::kPortable);

@@ -1,15 +1,16 @@
 // whale quantize: the formats it writes load back as the same model, as close to it as each
 // format allows, and bad requests get one clear message.
+#include "model/quantize.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <random>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "backends/cpu/cpu_backend.h"
 #include "model/accuracy.h"
 #include "model/deepseek.h"
-#include "model/quantize.h"
 #include "ops/quant.h"
 #include "tests/test_util.h"
 
@@ -269,15 +270,17 @@ TEST(Quantize, CompareScoresATextInWindows) {
   const std::string in = std::string(WHALE_SOURCE_DIR) + "/models/whale-mini";
   const std::string out = tmp.file("q8");
   std::string text;
-  ASSERT_EQ(test::run_command(whale + " quantize " + in + " " + out + " --type q8 2>/dev/null", &text), 0)
+  ASSERT_EQ(
+      test::run_command(whale + " quantize " + in + " " + out + " --type q8 2>/dev/null", &text), 0)
       << text;
   const std::string passage = tmp.file("passage.txt");
-  test::write_file(passage, "In the beginning God created the heavens and the earth. "
-                            "It is a truth universally acknowledged, that a single man in "
-                            "possession of a good fortune, must be in want of a wife.");
-  ASSERT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " + passage +
-                                  " --window 8 --json",
-                              &text),
+  test::write_file(passage,
+                   "In the beginning God created the heavens and the earth. "
+                   "It is a truth universally acknowledged, that a single man in "
+                   "possession of a good fortune, must be in want of a wife.");
+  ASSERT_EQ(test::run_command(
+                whale + " compare " + in + " " + out + " --text " + passage + " --window 8 --json",
+                &text),
             0)
       << text;
   const auto j = nlohmann::json::parse(text);
@@ -286,22 +289,20 @@ TEST(Quantize, CompareScoresATextInWindows) {
   EXPECT_GT(j["positions"].get<int64_t>(), 20);  // every token of the passage
   EXPECT_GE(j["top1_agreement"].get<double>(), 0.8);
   EXPECT_LT(j["mean_kl"].get<double>(), 0.05);
-  ASSERT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " + passage +
-                                  " --tokens 5 --json",
-                              &text),
+  ASSERT_EQ(test::run_command(
+                whale + " compare " + in + " " + out + " --text " + passage + " --tokens 5 --json",
+                &text),
             0)
       << text;
   EXPECT_EQ(nlohmann::json::parse(text)["positions"], 5);
 
-  EXPECT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " +
-                                  tmp.file("absent.txt"),
-                              &text),
+  EXPECT_EQ(test::run_command(
+                whale + " compare " + in + " " + out + " --text " + tmp.file("absent.txt"), &text),
             2);
   EXPECT_NE(text.find("absent.txt"), std::string::npos) << text;
   test::write_file(tmp.file("empty.txt"), "");
-  EXPECT_EQ(test::run_command(whale + " compare " + in + " " + out + " --text " +
-                                  tmp.file("empty.txt"),
-                              &text),
+  EXPECT_EQ(test::run_command(
+                whale + " compare " + in + " " + out + " --text " + tmp.file("empty.txt"), &text),
             2);
   EXPECT_NE(text.find("the text has no tokens"), std::string::npos) << text;
 }

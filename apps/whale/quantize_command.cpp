@@ -26,7 +26,8 @@ void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c) {
   cmp->add_option("REFERENCE_DIR", c.reference, "reference model directory")->required();
   cmp->add_option("MODEL_DIR", c.model, "model directory to compare")->required();
   cmp->add_option("--text", c.text, "score this text file's tokens (default: random ids)");
-  cmp->add_option("--tokens", c.tokens, "tokens to score (default: 256 random ids, or the whole text)")
+  cmp->add_option("--tokens", c.tokens,
+                  "tokens to score (default: 256 random ids, or the whole text)")
       ->check(CLI::Range(1, 1 << 20));
   cmp->add_option("--window", c.window,
                   "positions per sequence: the tokens are scored as independent sequences of "
@@ -68,7 +69,8 @@ Result<std::vector<int32_t>> compare_ids(const CompareArgs& args, const LoadedMo
     auto ids = ref.tokenizer->encode(text, tok::SpecialTokens::kIgnore);
     if (!ids.ok()) return make_error(ids.error().message, "--text", args.text);
     if (ids->empty()) return make_error("the text has no tokens", "--text", args.text);
-    if (args.tokens > 0 && static_cast<int64_t>(ids->size()) > args.tokens) ids->resize(args.tokens);
+    if (args.tokens > 0 && static_cast<int64_t>(ids->size()) > args.tokens)
+      ids->resize(args.tokens);
     return ids;
   }
   const int64_t vocab = ref.model->config().vocab_size;
@@ -93,8 +95,8 @@ int run_compare(const CompareArgs& args) {
   auto ids = compare_ids(args, *ref);
   if (!ids.ok()) return report("compare", ids.error());
   const int64_t n = static_cast<int64_t>(ids->size());
-  const int64_t window = std::min({args.window, c.max_position_embeddings,
-                                   other->model->config().max_position_embeddings});
+  const int64_t window = std::min(
+      {args.window, c.max_position_embeddings, other->model->config().max_position_embeddings});
 
   // Each window is its own sequence, from an empty cache, in both models.
   std::vector<float> logits[2];
@@ -132,11 +134,12 @@ int run_compare(const CompareArgs& args) {
     return 0;
   }
   const std::string source = args.text.empty() ? "random ids, seed " + std::to_string(args.seed)
-                                              : "the tokens of " + args.text;
-  std::printf("%lld positions (%s; sequences of %lld): mean KL %.3g nats (max %.3g), top-1 "
-              "agreement %.2f%%, max |Δlogit| %.3g\n",
-              (long long)r.positions, source.c_str(), (long long)window, r.mean_kl, r.max_kl,
-              100 * r.top1_agreement, r.max_abs_diff);
+                                               : "the tokens of " + args.text;
+  std::printf(
+      "%lld positions (%s; sequences of %lld): mean KL %.3g nats (max %.3g), top-1 "
+      "agreement %.2f%%, max |Δlogit| %.3g\n",
+      (long long)r.positions, source.c_str(), (long long)window, r.mean_kl, r.max_kl,
+      100 * r.top1_agreement, r.max_abs_diff);
   return 0;
 }
 

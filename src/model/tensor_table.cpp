@@ -204,9 +204,11 @@ Result<ModelWeights> bind_weights(const ModelConfig& c, const Checkpoint& ckpt) 
     if (v.dtype == DType::kU8 && c.q4_levels != ops::kQ4LevelsName) {
       // An older whale wrote 4-bit codes as scale · (q − 8); read with today's levels they
       // would give wrong numbers without any error.
-      problems.push_back(s.checkpoint + ": 4-bit (U8) weights need config.json's "
-                         "whale_quantization.q4_levels to be \"" + std::string(ops::kQ4LevelsName) +
-                         "\", found \"" + c.q4_levels + "\"; rewrite the model with whale quantize");
+      problems.push_back(s.checkpoint +
+                         ": 4-bit (U8) weights need config.json's "
+                         "whale_quantization.q4_levels to be \"" +
+                         std::string(ops::kQ4LevelsName) + "\", found \"" + c.q4_levels +
+                         "\"; rewrite the model with whale quantize");
       continue;
     }
     if (v.dtype == DType::kI8 || v.dtype == DType::kU8) {

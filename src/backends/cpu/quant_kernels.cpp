@@ -126,49 +126,68 @@ struct RowPointers {
 // by activations prepared in that order. VNNI lane l then holds block l / 4, so the four block
 // scales are spread over lanes with one permute; the + 128 is taken off by starting the integer
 // sums from the prepared per-lane correction (−128 · Σx over each block's four lanes).
+// The body of both versions, LOOKUP(v) setting lo and hi from the bytes v.
+#define WHALE_Q4_ROWS_AVX512_BODY(LOOKUP)                                                         \
+  {                                                                                               \
+    const Prepared x = view(xp, w.cols);                                                          \
+    const int64_t groups = w.cols / kGroup;                                                       \
+    const RowPointers<R> p(w, r);                                                                 \
+    __m512 acc[R];                                                                                \
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();                                     \
+    const __m512i nibble = _mm512_set1_epi8(0x0F);                                                \
+    const __m512i levels = q4_levels_biased_512();                                                \
+    const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);      \
+    for (int64_t g = 0; g < groups; ++g) {                                                        \
+      const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);                               \
+      const __m512i xhi = _mm512_loadu_si512(x.codes + g * kGroup + 64);                          \
+      const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);                                   \
+      const __m128 xs = _mm_loadu_ps(x.scales + g * 4);                                           \
+      for (int i = 0; i < R; ++i) {                                                               \
+        _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + g * 64 + kPrefetch), _MM_HINT_T0); \
+        const __m512i v = _mm512_loadu_si512(p.data[i] + g * 64);                                 \
+        __m512i lo, hi;                                                                           \
+        LOOKUP(v)                                                                                 \
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xlo), hi, xhi);     \
+        const __m128 ws =                                                                         \
+            _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.scales[i] + g * 4))); \
+        const __m512 s =                                                                          \
+            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs)));            \
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);                             \
+      }                                                                                           \
+    }                                                                                             \
+    const bool tail = groups * 4 < w.cols / kQuantBlock;                                          \
+    for (int i = 0; i < R; ++i) {                                                                 \
+      out[i] = _mm512_reduce_add_ps(acc[i]);                                                      \
+      if (tail) out[i] += q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);               \
+    }                                                                                             \
+  }
+#define WHALE_Q4_LOOKUP_SHUFFLE(v)                               \
+  lo = _mm512_shuffle_epi8(levels, _mm512_and_si512(v, nibble)); \
+  hi = _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+// With VBMI, a 64-entry byte permute reads only an index's low 6 bits: the 16 levels repeated
+// four times make it ignore bits 4-5, so neither nibble needs masking.
+#define WHALE_Q4_LOOKUP_VBMI(v)            \
+  (void)nibble;                            \
+  lo = _mm512_permutexvar_epi8(v, levels); \
+  hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), levels);
+
 template <int R>
 __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp, const Matrix& w,
-                                                               int64_t r, float* out) {
-  const Prepared x = view(xp, w.cols);
-  const int64_t groups = w.cols / kGroup;
-  const RowPointers<R> p(w, r);
-  const uint8_t* const* rows = p.data;
-  const uint16_t* const* scales = p.scales;
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i levels = q4_levels_biased_512();
-  const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  for (int64_t g = 0; g < groups; ++g) {
-    const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);
-    const __m512i xhi = _mm512_loadu_si512(x.codes + g * kGroup + 64);
-    const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);
-    const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
-    for (int i = 0; i < R; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * 64 + kPrefetch), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(rows[i] + g * 64);
-      const __m512i lo = _mm512_shuffle_epi8(levels, _mm512_and_si512(v, nibble));
-      const __m512i hi =
-          _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xlo), hi, xhi);
-      const __m128 ws = _mm_cvtph_ps(
-          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
-      const __m512 s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs)));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);
-    }
-  }
-  const bool tail = groups * 4 < w.cols / kQuantBlock;
-  for (int i = 0; i < R; ++i) {
-    out[i] = _mm512_reduce_add_ps(acc[i]);
-    if (tail) out[i] += q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
-  }
-}
+                                                               int64_t r, float* out)
+    WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_SHUFFLE) template <int R>
+    __attribute__((target(WHALE_AVX512_VNNI ",avx512vbmi"))) void q4_rows_avx512_vbmi(
+        const uint8_t* xp, const Matrix& w, int64_t r, float* out)
+        WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_VBMI)
+#undef WHALE_Q4_LOOKUP_VBMI
+#undef WHALE_Q4_LOOKUP_SHUFFLE
+#undef WHALE_Q4_ROWS_AVX512_BODY
 
-// int8 × int8 with VNNI (unsigned × signed): w + 128 (w with its top bit flipped) times x, the
-// sums started from the prepared −128 · Σx so that they come out as Σ w·x.
-template <int R>
-__attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp, const Matrix& w,
-                                                               int64_t r, float* out) {
+    // int8 × int8 with VNNI (unsigned × signed): w + 128 (w with its top bit flipped) times x, the
+    // sums started from the prepared −128 · Σx so that they come out as Σ w·x.
+    template <int R>
+    __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp,
+                                                                   const Matrix& w, int64_t r,
+                                                                   float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
   const RowPointers<R> p(w, r);
@@ -288,8 +307,8 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
       _mm_prefetch(reinterpret_cast<const char*>(row + b * kHalf + kPrefetch), _MM_HINT_T0);
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kHalf));
       const __m256i codes = _mm256_shuffle_epi8(
-          levels, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble),
-                                   _mm_and_si128(v, nibble)));
+          levels,
+          _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble), _mm_and_si128(v, nibble)));
       const int8_t* lo = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
       const __m256i xv =
           _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + 2 * kQuantBlock)),
@@ -317,6 +336,7 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
     }                                                                                      \
   }
 WHALE_QUANT_DISPATCH(q4_rows_avx512)
+WHALE_QUANT_DISPATCH(q4_rows_avx512_vbmi)
 WHALE_QUANT_DISPATCH(q8_rows_avx512)
 WHALE_QUANT_DISPATCH(q4_rows_avx2)
 WHALE_QUANT_DISPATCH(q8_rows_avx2)
@@ -436,13 +456,26 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
   }
 }
 
-QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format) {
+bool has_avx512_vbmi() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return has_avx512_vnni() && __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+
+QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format, bool vbmi) {
+  vbmi = vbmi && has_avx512_vbmi();
 #if defined(__x86_64__)
   if (has_avx512(isa) && has_avx512_vnni()) {
+    if (format == WeightFormat::kQ4 && vbmi) return QuantRowsFn{q4_rows_avx512_vbmi};
     return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx512} : QuantRowsFn{q8_rows_avx512};
   }
   if (has_avx512(isa) || isa == Isa::kAvx2)
     return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx2} : QuantRowsFn{q8_rows_avx2};
+#else
+  (void)vbmi;
 #endif
   return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_portable}
                                       : QuantRowsFn{q8_rows_portable};

@@ -30,19 +30,22 @@ void prepare_quantized(const float* x, int64_t k, ops::WeightFormat format, uint
 // Σ codes.
 float quantize_activations(const float* x, int8_t* q, int32_t* sum, Isa isa);
 
+// Whether the CPU has AVX-512 VNNI (the kAvx512 quantized kernels need it; without it they fall
+// back to the AVX2 ones), and AVX-512 VBMI.
+bool has_avx512_vnni();
+bool has_avx512_vbmi();
+
 // out[i] = row (r + i) of w times the prepared activations xp, for i < rows (1..4).
 using QuantRowsFn = void (*)(const uint8_t* xp, const ops::Matrix& w, int64_t r, int rows,
                              float* out);
-QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format);
+// With `vbmi` (default: the CPU has AVX-512 VBMI), AVX-512's q4 kernel looks its levels up with
+// one byte permute per nibble half and no masking; both versions are tested.
+QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format, bool vbmi = has_avx512_vbmi());
 
 // Runs `iters` rounds of the int8 dot-product instruction the quantized kernels use, on 8
 // independent accumulators, and returns a value that depends on them: ops_per_iter(isa)·iters
 // integer operations (a multiply-add counts 2).
 int32_t int8_dot_throughput_loop(Isa isa, int64_t iters);
 int64_t int8_dot_ops_per_iter(Isa isa);
-
-// Whether the CPU has AVX-512 VNNI (the kAvx512 quantized kernels need it; without it they fall
-// back to the AVX2 ones).
-bool has_avx512_vnni();
 
 }  // namespace whale::cpu
