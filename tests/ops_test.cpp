@@ -270,6 +270,16 @@ TEST_P(CpuOps, RmsNormSwigluEmbedding) {
   cpu_.swiglu(a.data(), dim, x.data(), up.data(), dim, n, dim);
   ref_.swiglu(b.data(), dim, x.data(), up.data(), dim, n, dim);
   expect_close(a, b, 1e-5f);
+  // Gates far out on both sides (σ saturates; e^-|g| reaches the clamp) and at zero.
+  std::vector<float> far(x);
+  for (size_t i = 0; i < far.size(); ++i) far[i] = i % 5 == 0 ? 0.0f : far[i] * 60.0f;
+  far[1] = 200.0f;
+  far[2] = -200.0f;
+  cpu_.swiglu(a.data(), dim, far.data(), up.data(), dim, n, dim);
+  ref_.swiglu(b.data(), dim, far.data(), up.data(), dim, n, dim);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i], b[i], 1e-5f * (1.0f + std::fabs(b[i]))) << "at " << i << " g " << far[i];
+  }
 
   StoredMatrix table = make_matrix(DType::kBF16, 10, dim, 14);
   const int32_t ids[4] = {9, 0, 3, 9};

@@ -304,25 +304,16 @@ WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
   for (int64_t j = n; j < width; ++j) s[j] = 0.0f;
 }
 
-// y[i] = silu(g[i]) · u[i], with silu(g) = g·σ(g) and σ from e^-|g| (never overflows): plain
-// arithmetic the compiler vectorises per instruction set (std::exp stays a scalar call).
-#define WHALE_SWIGLU_BODY                                      \
-  {                                                            \
-    for (int64_t i = 0; i < n; ++i) {                          \
-      const float e = exp_nonpositive(-std::fabs(g[i]));       \
-      const float sigma = (g[i] >= 0 ? 1.0f : e) / (1.0f + e); \
-      y[i] = g[i] * sigma * u[i];                              \
-    }                                                          \
-  }
-// clang-format off
-void swiglu_portable(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma")))
-void swiglu_avx2(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
-__attribute__((target("avx512f,fma")))
-void swiglu_avx512(float* y, const float* g, const float* u, int64_t n) WHALE_SWIGLU_BODY
-#endif
-// clang-format on
+// y[i] = silu(g[i]) · u[i], with silu(g) = g·σ(g) and σ from e^-|g| (never overflows). The
+// vector versions (below) do the same arithmetic in 8 or 16 lanes.
+inline float swiglu_one(float g, float u) {
+  const float e = exp_nonpositive(-std::fabs(g));
+  const float sigma = (g >= 0 ? 1.0f : e) / (1.0f + e);
+  return g * sigma * u;
+}
+void swiglu_portable(float* y, const float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = swiglu_one(g[i], u[i]);
+}
 
 // A block of fewer than kQ queries runs as kQ: the missing ones repeat the first query and
 // write into scratch rows that are thrown away.
@@ -447,6 +438,23 @@ __attribute__((target("avx512f,fma"))) inline __m512 exp_nonpositive_avx512(__m5
   return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
 }
 
+// swiglu_one in 16 lanes (the compiler leaves the scalar loop unvectorised: the branch and the
+// exponent's integer arithmetic stop it).
+__attribute__((target("avx512f,fma"))) void swiglu_avx512(float* y, const float* g, const float* u,
+                                                          int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 gv = _mm512_loadu_ps(g + i);
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(gv)));
+    const __mmask16 positive = _mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_GE_OQ);
+    const __m512 sigma =
+        _mm512_div_ps(_mm512_mask_blend_ps(positive, e, one), _mm512_add_ps(one, e));
+    _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(gv, sigma), _mm512_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) y[i] = swiglu_one(g[i], u[i]);
+}
+
 // In intrinsics: 16 heads fill one register, and every multiply-add takes its broadcast
 // operand straight from memory. Scores take 8 keys at a time (8 row pointers stay in general
 // registers); values go over the keys in chunks that stay in L1 for all the value columns.
@@ -517,6 +525,34 @@ __attribute__((target("avx2,fma"))) void score_block_avx2(const float* const* q,
                                                           float* const* out) {
   score_block(q, kt, dk, scale, out);
 }
+// e^x for x ≤ 0, as exp_nonpositive, 8 lanes at a time.
+__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive_avx2(__m256 x) {
+  const __m256 t = _mm256_max_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                 _mm256_set1_ps(-126.0f));
+  const __m256 i = _mm256_floor_ps(t);
+  const __m256 f = _mm256_sub_ps(t, i);
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int c = 1; c < 7; ++c) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[c]));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(i), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+// swiglu_one in 8 lanes.
+__attribute__((target("avx2,fma"))) void swiglu_avx2(float* y, const float* g, const float* u,
+                                                     int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gv = _mm256_loadu_ps(g + i);
+    const __m256 e = exp_nonpositive_avx2(_mm256_or_ps(gv, sign));  // −|g|
+    const __m256 positive = _mm256_cmp_ps(gv, zero, _CMP_GE_OQ);
+    const __m256 sigma = _mm256_div_ps(_mm256_blendv_ps(e, one, positive), _mm256_add_ps(one, e));
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(gv, sigma), _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) y[i] = swiglu_one(g[i], u[i]);
+}
+
 __attribute__((target("avx2,fma"))) void attention_avx2(const AttentionBlock& b) {
   attention_block_body<score_block_avx2>(b);
 }
