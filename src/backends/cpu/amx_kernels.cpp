@@ -280,6 +280,7 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
   configure_tiles(TileLayout::kInt8);
   const int64_t token_blocks = (a.n + 15) / 16, blocks = a.k / ops::kQuantBlock;
   const bool q4 = w.format == ops::WeightFormat::kQ4;
+  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
   // A panel of 16 rows as signed codes, block by block (16 rows × 32 bytes each), and the
   // panel's weight scales as f32 [block][row].
   thread_local std::vector<int8_t> panel;
@@ -293,18 +294,29 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
       for (int64_t b = 0; b < blocks; ++b) {
         int8_t* dst = panel.data() + b * 512 + m * 32;
         if (q4) {
-          const uint8_t* bytes = row + b * 16;
-          for (int i = 0; i < 16; ++i) {
-            dst[i] = ops::kQ4Levels[bytes[i] & 0xF];
-            dst[i + 16] = ops::kQ4Levels[bytes[i] >> 4];
-          }
+          // Low nibbles are columns 0-15, high ones 16-31: one byte shuffle looks each half up.
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
+          const __m128i nibble = _mm_set1_epi8(0x0F);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                           _mm_shuffle_epi8(levels, _mm_and_si128(v, nibble)));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16),
+                           _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble)));
         } else {
           std::memcpy(dst, row + b * 32, 32);
         }
-        uint16_t h;
-        std::memcpy(&h, static_cast<const uint8_t*>(w.scale) + ((w.row_offset + r + m) * w.scale_cols + b) * 2, 2);
-        panel_scales[static_cast<size_t>(b * 16 + m)] = _cvtsh_ss(h);
       }
+      // The row's scales, 16 blocks to a conversion, into their [block][row] places.
+      const auto* halves =
+          static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + m) * w.scale_cols;
+      float* scales = panel_scales.data() + m;
+      int64_t b = 0;
+      for (; b + 16 <= blocks; b += 16) {
+        alignas(64) float f[16];
+        _mm512_store_ps(
+            f, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(halves + b))));
+        for (int j = 0; j < 16; ++j) scales[(b + j) * 16] = f[j];
+      }
+      for (; b < blocks; ++b) scales[b * 16] = _cvtsh_ss(halves[b]);
     }
     for (int64_t tb = 0; tb < token_blocks; ++tb) {
       __m512 acc[16];
