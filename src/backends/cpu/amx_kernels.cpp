@@ -287,12 +287,16 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
   thread_local std::vector<float> panel_scales;
   panel.resize(static_cast<size_t>(blocks * 512));
   panel_scales.resize(static_cast<size_t>(blocks * 16));
+  // Held in locals: stores through int8_t* may alias anything, so the compiler would otherwise
+  // reload the thread_local vectors' pointers after every store.
+  int8_t* const panel_codes = panel.data();
+  float* const panel_ws = panel_scales.data();
   alignas(64) int32_t c[2][16][16];
   for (int64_t r = r0; r + 16 <= r1; r += 16) {
     for (int64_t m = 0; m < 16; ++m) {
       const auto* row = static_cast<const uint8_t*>(w.data) + (r + m) * w.row_bytes();
       for (int64_t b = 0; b < blocks; ++b) {
-        int8_t* dst = panel.data() + b * 512 + m * 32;
+        int8_t* dst = panel_codes + b * 512 + m * 32;
         if (q4) {
           // Low nibbles are columns 0-15, high ones 16-31: one byte shuffle looks each half up.
           const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
@@ -308,7 +312,7 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
       // The row's scales, 16 blocks to a conversion, into their [block][row] places.
       const auto* halves =
           static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + m) * w.scale_cols;
-      float* scales = panel_scales.data() + m;
+      float* scales = panel_ws + m;
       int64_t b = 0;
       for (; b + 16 <= blocks; b += 16) {
         alignas(64) float f[16];
@@ -323,18 +327,18 @@ __attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_r
       for (auto& v : acc) v = _mm512_setzero_ps();
       const int8_t* act = a.codes.data() + tb * blocks * 512;
       const float* act_scales = a.scales.data() + tb * blocks * 16;
-      auto accumulate = [&](const int32_t (*tile)[16], int64_t b) {
-        scale_block(tile, act_scales + b * 16, panel_scales.data() + b * 16, acc);
+      auto accumulate = [&](const int32_t(*tile)[16], int64_t b) {
+        scale_block(tile, act_scales + b * 16, panel_ws + b * 16, acc);
       };
       for (int64_t b = 0; b < blocks; b += 2) {
         const bool two = b + 1 < blocks;
         _tile_zero(0);
-        _tile_loadd(2, panel.data() + b * 512, 32);
+        _tile_loadd(2, panel_codes + b * 512, 32);
         _tile_loadd(4, act + b * 512, 64);
         _tile_dpbssd(0, 2, 4);
         if (two) {
           _tile_zero(1);
-          _tile_loadd(3, panel.data() + (b + 1) * 512, 32);
+          _tile_loadd(3, panel_codes + (b + 1) * 512, 32);
           _tile_loadd(5, act + (b + 1) * 512, 64);
           _tile_dpbssd(1, 3, 5);
         }
