@@ -105,7 +105,7 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype("model.embed_tokens.weight"), "BF16");  // read one row per token
   EXPECT_EQ(q.report.tensors_by_form.count("F8_E4M3"), 0u);
 
-  // q4: 4-bit except the head and the dense layers' FFNs (8-bit).
+  // q4: 4-bit except the head, the dense layers' FFNs and attention's down-projections (8-bit).
   const Quantized q4 = quantize(tmp, "v3_fp8", QuantRecipe::kQ4, pool);
   auto ckpt4 = Checkpoint::open_dir(q4.dir);
   ASSERT_TRUE(ckpt4.ok());
@@ -116,6 +116,9 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype4("model.layers.0.mlp.down_proj.weight"), "I8");  // dense layer 0
   EXPECT_EQ(dtype4(l1 + "mlp.shared_experts.down_proj.weight"), "U8");
   EXPECT_EQ(dtype4(l1 + "self_attn.o_proj.weight"), "U8");
+  EXPECT_EQ(dtype4(l1 + "self_attn.q_b_proj.weight"), "U8");
+  EXPECT_EQ(dtype4(l1 + "self_attn.q_a_proj.weight"), "I8");
+  EXPECT_EQ(dtype4(l1 + "self_attn.kv_a_proj_with_mqa.weight"), "I8");
   EXPECT_EQ(dtype4("lm_head.weight"), "I8");
   EXPECT_EQ(dtype4("model.embed_tokens.weight"), "BF16");
 }

@@ -32,15 +32,19 @@ Target target_for(const TensorSpec& s, QuantRecipe recipe) {
   const bool embedding = ends_with(s.checkpoint, "embed_tokens.weight");
   const bool head = ends_with(s.checkpoint, "lm_head.weight") ||
                     ends_with(s.checkpoint, "shared_head.head.weight");
-  // The FFNs of the first (dense) layers: a few percent of the weights read per token, and on
-  // whale-mini the tensors whose 4-bit error moves the logits most (bench/README.md).
+  // For q4, kept at 8 bits: the FFNs of the first (dense) layers and attention's two
+  // down-projections (into the q and kv latents). They are a few percent of the weights read per
+  // token, and on whale-mini the tensors whose 4-bit error moves the logits most for their size
+  // (bench/README.md).
   const bool dense_ffn = s.logical.find(".ffn.") != std::string::npos;
+  const bool attn_down = ends_with(s.checkpoint, "q_a_proj.weight") ||
+                         ends_with(s.checkpoint, "kv_a_proj_with_mqa.weight");
   if (router || kv_b || embedding || recipe == QuantRecipe::kBf16) return Target::kBf16;
   switch (recipe) {
     case QuantRecipe::kQ8:
       return Target::kQ8;
     case QuantRecipe::kQ4:
-      return head || dense_ffn ? Target::kQ8 : Target::kQ4;
+      return head || dense_ffn || attn_down ? Target::kQ8 : Target::kQ4;
     case QuantRecipe::kQ4Experts:
       return s.routed_expert ? Target::kQ4 : Target::kQ8;
     case QuantRecipe::kBf16:
