@@ -184,6 +184,12 @@ TEST(Quantize, FourBitCodesAreTheLevels) {
       for (int8_t level : ops::kQ4Levels) EXPECT_LE(got, std::fabs(v - level) + 1e-3f) << i;
     }
   }
+  // Subnormal and huge blocks do not trip the quantizer (127 / peak overflows for the first).
+  for (const float tiny : {1e-40f, 3e38f}) {
+    for (int i = 0; i < ops::kQuantBlock; ++i) row[i] = tiny * float(i % 7 - 3) / 3.0f;
+    ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);
+    EXPECT_TRUE(std::isfinite(f16_to_f32(scale))) << tiny;
+  }
   // Negative peaks get a negative scale.
   for (int i = 0; i < ops::kQuantBlock; ++i) row[i] = -d * ops::kQ4Levels[(i * 7) % 16];
   ops::quantize_row_q4(row, ops::kQuantBlock, packed, &scale);

@@ -112,9 +112,11 @@ class NearestLevel {
       start_[c] = static_cast<int8_t>(k);
     }
   }
-  // v finite; |v| beyond kReach is clamped (the outermost levels are nearest there anyway).
+  // |v| beyond kReach is clamped (the outermost levels are nearest there anyway); written so
+  // that a NaN (0 · ∞ from a subnormal block) lands at the bottom instead of reaching the cast.
   int operator()(float v) const {
-    v = std::clamp(v, float(-kReach), float(kReach) - 0.5f);
+    if (!(v > float(-kReach))) v = float(-kReach);
+    if (!(v < float(kReach) - 0.5f)) v = float(kReach) - 0.5f;
     const int k = start_[static_cast<int>(std::floor(v)) + kReach];
     return v > mid_[k] ? k + 1 : k;
   }
