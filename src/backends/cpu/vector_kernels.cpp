@@ -322,13 +322,7 @@ using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float,
 using SoftmaxRowFn = void (*)(float*, int64_t, int64_t);
 void softmax_row_generic(float* s, int64_t n, int64_t width) { softmax_row(s, n, width); }
 
-// Scores of two consecutive key blocks at once (out: kQ rows for the first block, then kQ for the
-// second), where an ISA has a kernel that reuses each query broadcast for both.
-using ScorePairFn = void (*)(const float* const*, const float*, int64_t, float, float* const*,
-                             float* const*);
-
-template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic,
-          ScorePairFn ScorePair = nullptr>
+template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic>
 WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   int64_t most = 0;
   for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
@@ -343,15 +337,7 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
     rows[i] = b.scores + i * width;
     out[i] = real ? b.out[i] : spare;
   }
-  int64_t blk = 0;
-  if constexpr (ScorePair != nullptr) {
-    for (; blk + 2 <= blocks; blk += 2) {
-      float *at[kQ], *next[kQ];
-      for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16, next[i] = at[i] + 16;
-      ScorePair(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at, next);
-    }
-  }
-  for (; blk < blocks; ++blk) {
+  for (int64_t blk = 0; blk < blocks; ++blk) {
     float* at[kQ];
     for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
     Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
@@ -592,29 +578,6 @@ __attribute__((target("avx512f,fma"))) void score_block_avx512(const float* cons
   const __m512 s = _mm512_set1_ps(scale);
   for (int i = 0; i < kQ; ++i) _mm512_storeu_ps(out[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), s));
 }
-// Two key blocks (32 keys, the second block's transposed keys right after the first's): each
-// query broadcast feeds both, so 16 independent sums take 10 loads per dimension instead of 18.
-__attribute__((target("avx512f,fma"))) void score_pair_avx512(const float* const* q,
-                                                              const float* kt, int64_t dk,
-                                                              float scale, float* const* out0,
-                                                              float* const* out1) {
-  __m512 a[kQ], c[kQ];
-  for (int i = 0; i < kQ; ++i) a[i] = c[i] = _mm512_setzero_ps();
-  const float* kt1 = kt + dk * 16;
-  for (int64_t d = 0; d < dk; ++d) {
-    const __m512 k0 = _mm512_loadu_ps(kt + d * 16), k1 = _mm512_loadu_ps(kt1 + d * 16);
-    for (int i = 0; i < kQ; ++i) {
-      const __m512 qd = _mm512_set1_ps(q[i][d]);
-      a[i] = _mm512_fmadd_ps(qd, k0, a[i]);
-      c[i] = _mm512_fmadd_ps(qd, k1, c[i]);
-    }
-  }
-  const __m512 s = _mm512_set1_ps(scale);
-  for (int i = 0; i < kQ; ++i) {
-    _mm512_storeu_ps(out0[i], _mm512_mul_ps(a[i], s));
-    _mm512_storeu_ps(out1[i], _mm512_mul_ps(c[i], s));
-  }
-}
 // softmax_row in 16 lanes (the compiler keeps the scalar one's max and sum in order, unvectorised).
 __attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t n, int64_t width) {
   __m512 m = _mm512_set1_ps(-INFINITY);
@@ -643,7 +606,7 @@ __attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t
 }
 
 __attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
-  attention_block_body<score_block_avx512, softmax_row_avx512, score_pair_avx512>(b);
+  attention_block_body<score_block_avx512, softmax_row_avx512>(b);
 }
 
 // transpose_keys with gathers: one 16-key column per instruction.
