@@ -45,6 +45,12 @@ std::vector<float> all_logits(const std::string& dir, const std::vector<int32_t>
   return logits.ok() ? *logits : std::vector<float>{};
 }
 
+// The dtype a checkpoint stores `name` in, or "missing".
+std::string stored_dtype(const Checkpoint& ckpt, const std::string& name) {
+  const StoredTensor* t = ckpt.find(name);
+  return t ? std::string(dtype_name(t->view.dtype)) : std::string("missing");
+}
+
 class QuantizeFixture : public ::testing::TestWithParam<std::string> {};
 
 // Each format against the same model in bf16, over the fixture's token sequence. The fixtures are
@@ -91,10 +97,7 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(config["whale_quantization"]["q4_levels"], ops::kQ4LevelsName);
   auto ckpt = Checkpoint::open_dir(q.dir);
   ASSERT_TRUE(ckpt.ok());
-  auto dtype = [&](const std::string& name) {
-    const StoredTensor* t = ckpt->find(name);
-    return t ? std::string(dtype_name(t->view.dtype)) : std::string("missing");
-  };
+  auto dtype = [&](const std::string& name) { return stored_dtype(*ckpt, name); };
   const std::string l1 = "model.layers.1.";
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight"), "U8");  // routed expert: 4-bit
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight_scale"), "F16");
@@ -109,10 +112,7 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   const Quantized q4 = quantize(tmp, "v3_fp8", QuantRecipe::kQ4, pool);
   auto ckpt4 = Checkpoint::open_dir(q4.dir);
   ASSERT_TRUE(ckpt4.ok());
-  auto dtype4 = [&](const std::string& name) {
-    const StoredTensor* t = ckpt4->find(name);
-    return t ? std::string(dtype_name(t->view.dtype)) : std::string("missing");
-  };
+  auto dtype4 = [&](const std::string& name) { return stored_dtype(*ckpt4, name); };
   EXPECT_EQ(dtype4("model.layers.0.mlp.down_proj.weight"), "I8");  // dense layer 0
   EXPECT_EQ(dtype4(l1 + "mlp.shared_experts.down_proj.weight"), "U8");
   EXPECT_EQ(dtype4(l1 + "self_attn.o_proj.weight"), "U8");

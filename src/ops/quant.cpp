@@ -38,12 +38,14 @@ int weight_code(const Matrix& w, int64_t r, int64_t c) {
 
 namespace {
 
-// Codes of x at scale d (d > 0) in [lo, hi]; returns the squared error and, through best_d, the
+constexpr int kQ8Max = 127;
+
+// q8 codes of x at scale d (d > 0); returns the squared error and, through best_d, the
 // least-squares scale for those codes rounded to f16.
-double codes_at(const float* x, float d, int lo, int hi, int* q, float* best_d) {
+double q8_codes_at(const float* x, float d, int* q, float* best_d) {
   double xq = 0, qq = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) {
-    q[i] = static_cast<int>(std::clamp(std::lrintf(x[i] / d), long{lo}, long{hi}));
+    q[i] = static_cast<int>(std::clamp(std::lrintf(x[i] / d), long{-kQ8Max}, long{kQ8Max}));
     xq += double(x[i]) * q[i];
     qq += double(q[i]) * q[i];
   }
@@ -56,9 +58,9 @@ double codes_at(const float* x, float d, int lo, int hi, int* q, float* best_d) 
   return err;
 }
 
-// The f16 scale of one block with codes in [lo, hi], from a small search around max|x| / hi,
-// and the codes at that scale (recomputed with the rounded scale).
-float quantize_block(const float* x, int lo, int hi, int* q) {
+// The f16 scale of one q8 block, from a small search around max|x| / 127, and the codes at
+// that scale (recomputed with the rounded scale).
+float quantize_block_q8(const float* x, int* q) {
   float amax = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
   if (amax == 0 || !std::isfinite(amax)) {
@@ -69,33 +71,20 @@ float quantize_block(const float* x, int lo, int hi, int* q) {
   double best_err = INFINITY;
   int trial[kQuantBlock];
   for (int step = -4; step <= 8; ++step) {
-    const float d = amax / (static_cast<float>(hi) + 0.25f * static_cast<float>(step));
+    const float d = amax / (static_cast<float>(kQ8Max) + 0.25f * static_cast<float>(step));
     float refit;
-    const double err = codes_at(x, d, lo, hi, trial, &refit);
+    const double err = q8_codes_at(x, d, trial, &refit);
     if (err < best_err && refit > 0) {
       best_err = err;
       best = refit;
     }
   }
-  if (best == 0) best = f16_to_f32(f32_to_f16(amax / static_cast<float>(hi)));
+  if (best == 0) best = f16_to_f32(f32_to_f16(amax / static_cast<float>(kQ8Max)));
   for (int64_t i = 0; i < kQuantBlock; ++i) {
-    q[i] = static_cast<int>(std::clamp(std::lrintf(x[i] / best), long{lo}, long{hi}));
+    q[i] = static_cast<int>(std::clamp(std::lrintf(x[i] / best), long{-kQ8Max}, long{kQ8Max}));
   }
   return best;
 }
-
-}  // namespace
-
-void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales) {
-  int q[kQuantBlock];
-  for (int64_t b = 0; b < n / kQuantBlock; ++b) {
-    const float d = quantize_block(x + b * kQuantBlock, -127, 127, q);
-    scales[b] = f32_to_f16(d);
-    for (int64_t i = 0; i < kQuantBlock; ++i) codes[b * kQuantBlock + i] = static_cast<int8_t>(q[i]);
-  }
-}
-
-namespace {
 
 // The index of the kQ4Levels entry nearest v (ties to the lower one), by table: the level
 // nearest the start of v's unit interval, or the next one if v is past their midpoint (an
@@ -128,6 +117,16 @@ class NearestLevel {
 };
 
 }  // namespace
+
+void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales) {
+  int q[kQuantBlock];
+  for (int64_t b = 0; b < n / kQuantBlock; ++b) {
+    const float d = quantize_block_q8(x + b * kQuantBlock, q);
+    scales[b] = f32_to_f16(d);
+    for (int64_t i = 0; i < kQuantBlock; ++i)
+      codes[b * kQuantBlock + i] = static_cast<int8_t>(q[i]);
+  }
+}
 
 void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales) {
   static const NearestLevel nearest;

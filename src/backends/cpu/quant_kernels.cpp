@@ -24,7 +24,6 @@ int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 struct Prepared {
   const int8_t* codes;
   const float* scales;
-  const int32_t* sums;
   const int32_t* zero;
 };
 
@@ -32,7 +31,6 @@ Prepared view(const uint8_t* xp, int64_t k) {
   const PreparedLayout l = prepared_layout(k);
   return {reinterpret_cast<const int8_t*>(xp + l.codes),
           reinterpret_cast<const float*>(xp + l.scales),
-          reinterpret_cast<const int32_t*>(xp + l.sums),
           reinterpret_cast<const int32_t*>(xp + l.zero)};
 }
 
@@ -411,8 +409,7 @@ PreparedLayout prepared_layout(int64_t k) {
   const int64_t blocks = k / kQuantBlock;
   l.codes = 0;
   l.scales = align64(k);
-  l.sums = l.scales + align64(blocks * 4);
-  l.zero = l.sums + align64(blocks * 4);
+  l.zero = l.scales + align64(blocks * 4);
   l.bytes = l.zero + align64(k / kGroup * 32 * 4);
   return l;
 }
@@ -434,23 +431,23 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
   const PreparedLayout l = prepared_layout(k);
   auto* codes = reinterpret_cast<int8_t*>(out + l.codes);
   auto* scales = reinterpret_cast<float*>(out + l.scales);
-  auto* sums = reinterpret_cast<int32_t*>(out + l.sums);
   auto* zero = reinterpret_cast<int32_t*>(out + l.zero);
   const int64_t blocks = k / kQuantBlock, full_groups = k / kGroup;
   int8_t q[kQuantBlock];
   for (int64_t b = 0; b < blocks; ++b) {
-    scales[b] = quantize_activations(x + b * kQuantBlock, q, &sums[b], isa);
+    int32_t sum;  // Σ codes of the block, for the zero-point corrections
+    scales[b] = quantize_activations(x + b * kQuantBlock, q, &sum, isa);
     if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
       int8_t* lo = codes + (b / 4) * kGroup + (b % 4) * kHalf;
       std::memcpy(lo, q, kHalf);
       std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
       // Four VNNI lanes per block; together they subtract 128 · Σx (the levels come biased).
-      for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -32 * sums[b];
+      for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -32 * sum;
     } else {
       std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
       // kQ8 reads w + 128 as unsigned: eight VNNI lanes per block together subtract 128 · Σx.
       if (format == WeightFormat::kQ8 && b / 4 < full_groups) {
-        for (int j = 0; j < 8; ++j) zero[(b / 4) * 32 + (b % 4) * 8 + j] = -16 * sums[b];
+        for (int j = 0; j < 8; ++j) zero[(b / 4) * 32 + (b % 4) * 8 + j] = -16 * sum;
       }
     }
   }

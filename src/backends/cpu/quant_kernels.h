@@ -15,7 +15,6 @@ struct PreparedLayout {
   int64_t codes = 0;   // int8 [k]: natural order, except that for kQ4 each full group of 128
                        // columns is ordered as the kernels unpack nibbles (see quant_kernels.cpp)
   int64_t scales = 0;  // f32 [k / 32]
-  int64_t sums = 0;    // int32 [k / 32]: Σ codes of each block
   int64_t zero = 0;    // int32 [k / 128][32]: the zero-point correction per VNNI lane of each
                        // full group (kQ4: 16 lanes; kQ8: 2 × 16, see quant_kernels.cpp)
   int64_t bytes = 0;   // total
