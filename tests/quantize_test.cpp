@@ -121,6 +121,15 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype4(l1 + "self_attn.kv_a_proj_with_mqa.weight"), "I8");
   EXPECT_EQ(dtype4("lm_head.weight"), "I8");
   EXPECT_EQ(dtype4("model.embed_tokens.weight"), "BF16");
+
+  // q8: 8-bit except the head (bf16).
+  const Quantized q8 = quantize(tmp, "v3_fp8", QuantRecipe::kQ8, pool);
+  auto ckpt8 = Checkpoint::open_dir(q8.dir);
+  ASSERT_TRUE(ckpt8.ok());
+  auto dtype8 = [&](const std::string& name) { return stored_dtype(*ckpt8, name); };
+  EXPECT_EQ(dtype8("lm_head.weight"), "BF16");
+  EXPECT_EQ(dtype8(l1 + "mlp.experts.0.up_proj.weight"), "I8");
+  EXPECT_EQ(dtype8(l1 + "self_attn.o_proj.weight"), "I8");
 }
 
 // 4-bit weights are only read with the level table they were written with: a config.json

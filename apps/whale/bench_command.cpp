@@ -155,18 +155,12 @@ int run_bench(const BenchArgs& args) {
           ? measure_peak(*m->pool, args.reps, 262144.0 * 200'000,
                          [] { return cpu::amx_bf16_throughput_loop(200'000); })
           : 0.0;
-  const double amx_int8_peak =
-      isa == cpu::Isa::kAmx
-          ? measure_peak(*m->pool, args.reps, 524288.0 * 100'000,
-                         [] { return cpu::amx_int8_throughput_loop(100'000); })
-          : 0.0;
-  // The ceiling of the kernels prefill uses for this form: with AMX, the tiles.
+  // The ceiling of the kernels prefill uses for this form: with AMX, the bf16 tiles (the block
+  // formats are expanded to bf16 for them).
   const bool quantized = main_form == "q8" || main_form == "q4";
   const bool tiles = amx_peak > 0 && (quantized || main_form == "BF16");
-  const double peak = !tiles ? (quantized ? int8_peak : fma_peak)
-                             : (quantized ? amx_int8_peak : amx_peak);
-  const char* peak_name = !tiles ? (quantized ? "int8 dot" : "f32 FMA")
-                                 : (quantized ? "AMX-INT8" : "AMX-BF16");
+  const double peak = tiles ? amx_peak : quantized ? int8_peak : fma_peak;
+  const char* peak_name = tiles ? "AMX-BF16" : quantized ? "int8 dot" : "f32 FMA";
 
   std::mt19937 rng(42);
   std::vector<int32_t> prompt(static_cast<size_t>(args.prompt));
@@ -211,7 +205,6 @@ int run_bench(const BenchArgs& args) {
     j["fma_peak_gflops"] = fma_peak;
     j["int8_dot_peak_gops"] = int8_peak;
     j["amx_bf16_peak_gflops"] = amx_peak;
-    j["amx_int8_peak_gops"] = amx_int8_peak;
     j["prefill_peak"] = peak_name;
     j["decode_limit_tps"] = decode_limit;
     j["prefill_limit_tps"] = prefill_limit;
@@ -224,7 +217,7 @@ int run_bench(const BenchArgs& args) {
   std::printf("machine   %.1f GB/s read; peaks %.0f GFLOP/s f32 FMA, %.0f GOP/s int8 dot", bandwidth,
               fma_peak, int8_peak);
   if (amx_peak > 0) {
-    std::printf(", %.0f GFLOP/s AMX-BF16, %.0f GOP/s AMX-INT8", amx_peak, amx_int8_peak);
+    std::printf(", %.0f GFLOP/s AMX-BF16", amx_peak);
   }
   std::printf(" (%d threads, %s); weights %s\n", m->pool->size(),
               std::string(m->backend->name()).c_str(), main_form.c_str());

@@ -5,29 +5,6 @@
 
 namespace whale::ops {
 
-float quantize_activation_block(const float* x, int8_t* q) {
-  float amax = 0;
-  bool finite = true;
-  for (int64_t i = 0; i < kQuantBlock; ++i) {
-    amax = std::max(amax, std::fabs(x[i]));
-    finite &= std::fabs(x[i]) < INFINITY;  // false for NaN too
-  }
-  if (!finite) {  // NaN or inf in: codes 0, and a NaN scale carries it on
-    std::fill_n(q, kQuantBlock, int8_t{0});
-    return NAN;
-  }
-  const float scale = amax / 127.0f;
-  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-  // Adding and removing 1.5·2^23 rounds to the nearest integer, ties to even, as lrintf does
-  // for |v| ≤ 127, in a form the compiler vectorises (this runs for every product of a token).
-  constexpr float kRound = 12582912.0f;
-  for (int64_t i = 0; i < kQuantBlock; ++i) {
-    const float v = std::clamp(x[i] * inv, -127.0f, 127.0f);
-    q[i] = static_cast<int8_t>((v + kRound) - kRound);
-  }
-  return scale;
-}
-
 int weight_code(const Matrix& w, int64_t r, int64_t c) {
   const auto* row = static_cast<const uint8_t*>(w.data) + r * w.row_bytes();
   if (w.format == WeightFormat::kQ8) return static_cast<int8_t>(row[c]);

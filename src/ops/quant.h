@@ -1,7 +1,8 @@
-// whale's block formats (ops::WeightFormat): quantizers for weights and for the activations
-// the quantized products multiply them with. A product with a kQ8 or kQ4 matrix is defined as
-// Σ_blocks scale_w · scale_x · Σ q_w · q_x, with the activations cut into the same 32-column
-// blocks and rounded to int8 (scale_x = max|x| / 127); every backend computes exactly that.
+// whale's block formats (ops::WeightFormat): the weight quantizers and the codes' meaning. A
+// kQ8 or kQ4 matrix stands for the values code × scale of each 32-column block, and its product
+// with activations is that matrix's exact product. Backends may round on the way, within a bound
+// each states (the CPU's vector kernels carry activations as 16-bit block codes, its tiles in
+// bf16).
 #pragma once
 
 #include <cstdint>
@@ -9,9 +10,6 @@
 #include "ops/matrix.h"
 
 namespace whale::ops {
-
-// Rounds one block of kQuantBlock activations to int8 codes; returns their scale.
-float quantize_activation_block(const float* x, int8_t* q);
 
 // The 16 values a kQ4 code stands for, in units of the block scale. They are not evenly spaced:
 // they are the centroids that Lloyd's algorithm gives for blocks of 32 Student-t (5 degrees of

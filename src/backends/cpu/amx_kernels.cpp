@@ -34,28 +34,20 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// The two tile layouts: kBf16, every tile 16 × 64 bytes; kInt8, tiles 0-1 accumulators
-// (16 × 64 bytes), 2-3 weights (16 rows × 32 codes: one block), 4-5 activations (8 rows of
-// 16 tokens × 4 codes: the same block).
-enum class TileLayout { kNone, kBf16, kInt8 };
-
-__attribute__((target("amx-tile"))) void configure_tiles(TileLayout layout) {
-  thread_local TileLayout current = TileLayout::kNone;
-  if (current == layout) return;
+// Every tile 16 rows × 64 bytes, set once per thread.
+__attribute__((target("amx-tile"))) void configure_tiles() {
+  thread_local bool configured = false;
+  if (configured) return;
   TileConfig cfg;
   for (int i = 0; i < 8; ++i) {
     cfg.colsb[i] = 64;
     cfg.rows[i] = 16;
   }
-  if (layout == TileLayout::kInt8) {
-    cfg.colsb[2] = cfg.colsb[3] = 32;
-    cfg.rows[4] = cfg.rows[5] = 8;
-  }
   // ldtilecfg reads all 64 bytes, but its asm operand names only the first 8: keep the
   // compiler from dropping the stores to the rest.
   __asm__ volatile("" ::"m"(cfg) : "memory");
   _tile_loadconfig(&cfg);
-  current = layout;
+  configured = true;
 }
 
 // The tile holds [weight row][token]; y is [token][row]: transposed in registers and written a
@@ -75,7 +67,7 @@ bool amx_usable() {
   static const bool usable = [] {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
-        !__builtin_cpu_supports("amx-int8") || !__builtin_cpu_supports("avx512f") ||
+        !__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512f") ||
         !__builtin_cpu_supports("avx512bw")) {
       return false;
     }
@@ -84,12 +76,13 @@ bool amx_usable() {
   return usable;
 }
 
-void amx_resize(AmxActivations* a, int64_t n, int64_t k) {
+void amx_resize(AmxActivations* a, int64_t n, int64_t k, bool with_lo) {
   a->n = n;
   a->k = k;
+  a->with_lo = with_lo;
   const auto size = static_cast<size_t>(k / 32 * ((n + 15) / 16) * 256);
   a->hi.resize(size);
-  a->lo.resize(size);
+  if (a->with_lo) a->lo.resize(size);
 }
 
 // f32_to_bf16 on 16 lanes: the bf16 bits in the low half of each 32-bit lane.
@@ -126,27 +119,56 @@ __attribute__((target("avx512f,avx512bw"))) void amx_prepare(AmxActivations* a, 
         const int64_t t = tb * 16 + tt;
         if (t >= t1) {
           _mm512_store_si512(hi[tt], _mm512_setzero_si512());
-          _mm512_store_si512(lo[tt], _mm512_setzero_si512());
+          if (a->with_lo) _mm512_store_si512(lo[tt], _mm512_setzero_si512());
           continue;
         }
         const float* v = x + t * ldx + kb * 32;
         const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
         const __m512i h0 = round_bf16(_mm512_castps_si512(v0));
         const __m512i h1 = round_bf16(_mm512_castps_si512(v1));
+        _mm512_store_si512(hi[tt], _mm512_permutex2var_epi16(h0, pairs, h1));
+        if (!a->with_lo) continue;
         // What rounding left over, rounded in turn.
         const __m512 r0 = _mm512_sub_ps(v0, _mm512_castsi512_ps(_mm512_slli_epi32(h0, 16)));
         const __m512 r1 = _mm512_sub_ps(v1, _mm512_castsi512_ps(_mm512_slli_epi32(h1, 16)));
         const __m512i l0 = round_bf16(_mm512_castps_si512(r0));
         const __m512i l1 = round_bf16(_mm512_castps_si512(r1));
-        _mm512_store_si512(hi[tt], _mm512_permutex2var_epi16(h0, pairs, h1));
         _mm512_store_si512(lo[tt], _mm512_permutex2var_epi16(l0, pairs, l1));
       }
       const size_t tile = static_cast<size_t>((tb * k_blocks + kb) * 256);
       for (int p = 0; p < 16; ++p) {
         _mm512_storeu_si512(a->hi.data() + tile + p * 16, _mm512_i32gather_epi32(rows, &hi[0][p], 4));
-        _mm512_storeu_si512(a->lo.data() + tile + p * 16, _mm512_i32gather_epi32(rows, &lo[0][p], 4));
+        if (a->with_lo)
+          _mm512_storeu_si512(a->lo.data() + tile + p * 16,
+                              _mm512_i32gather_epi32(rows, &lo[0][p], 4));
       }
     }
+  }
+}
+
+// Row r of a block-format matrix as bf16 (code × scale, rounded to nearest even), block kb's 32
+// values at dst + kb · 2048: the place of that row in the group's tile (p, h, kb).
+__attribute__((target("avx512f,avx512bw,avx512bf16,f16c"))) void pack_dequantized_row(
+    const ops::Matrix& w, int64_t r, uint8_t* dst, int64_t blocks) {
+  const auto* row = static_cast<const uint8_t*>(w.data) + r * w.row_bytes();
+  const auto* halves = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r) * w.scale_cols;
+  const bool q4 = w.format == ops::WeightFormat::kQ4;
+  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m128i c0, c1;
+    if (q4) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
+      c0 = _mm_shuffle_epi8(levels, _mm_and_si128(v, nibble));
+      c1 = _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble));
+    } else {
+      c0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 32));
+      c1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 32 + 16));
+    }
+    const __m512 s = _mm512_set1_ps(_cvtsh_ss(halves[b]));
+    const __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c0)), s);
+    const __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c1)), s);
+    _mm512_storeu_si512(dst + b * 2048, (__m512i)_mm512_cvtne2ps_pbh(f1, f0));
   }
 }
 
@@ -155,7 +177,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
                                                                   const ops::Matrix& w, int64_t r0,
                                                                   int64_t r1, float* y,
                                                                   int64_t ldy) {
-  configure_tiles(TileLayout::kBf16);
+  configure_tiles();
   const int64_t token_blocks = (a.n + 15) / 16, k_blocks = a.k / 32;
   const int64_t stride = w.cols * 2;
   const auto* base = static_cast<const uint8_t*>(w.data);
@@ -181,6 +203,11 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
     const int64_t g1 = std::min(r1, g + group_rows);
     for (int64_t r = g; r < g1; r += 16) {
       const int64_t p = (r - g) / 32, h = (r - g) / 16 % 2;
+      if (w.format != ops::WeightFormat::kDense) {
+        for (int64_t m = 0; m < 16; ++m)
+          pack_dequantized_row(w, r + m, tile_at(p, h, 0) + m * 64, k_blocks);
+        continue;
+      }
       for (int64_t kb = 0; kb < k_blocks; ++kb) {
         uint8_t* dst = tile_at(p, h, kb);
         for (int64_t m = 0; m < 16; ++m) std::memcpy(dst + m * 64, base + (r + m) * stride + kb * 64, 64);
@@ -199,7 +226,8 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
           const size_t t0 = static_cast<size_t>((tb * k_blocks + kb) * 256);
           _tile_loadd(4, tile_at(p, 0, kb), 64);
           if (two_rows) _tile_loadd(5, tile_at(p, 1, kb), 64);
-          for (const UninitVector<uint32_t>* part : {&a.hi, &a.lo}) {
+          for (int part_index = 0; part_index < (a.with_lo ? 2 : 1); ++part_index) {
+            const UninitVector<uint32_t>* part = part_index == 0 ? &a.hi : &a.lo;
             _tile_loadd(6, part->data() + t0, 64);
             if (two_tokens) _tile_loadd(7, part->data() + t0 + k_blocks * 256, 64);
             // Both products of tile 6 first: its next load waits for them, not for tile 7's.
@@ -224,144 +252,10 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
   }
 }
 
-void amx_int8_resize(AmxInt8Activations* a, int64_t n, int64_t k) {
-  a->n = n;
-  a->k = k;
-  const int64_t token_blocks = (n + 15) / 16, blocks = k / ops::kQuantBlock;
-  a->codes.resize(static_cast<size_t>(token_blocks * blocks * 512));
-  a->scales.resize(static_cast<size_t>(token_blocks * blocks * 16));
-}
-
-void amx_int8_prepare(AmxInt8Activations* a, const float* x, int64_t ldx, int64_t t0, int64_t t1) {
-  const int64_t blocks = a->k / ops::kQuantBlock;
-  int8_t q[ops::kQuantBlock];
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t tb = t / 16, tt = t % 16;
-    for (int64_t b = 0; b < blocks; ++b) {
-      int32_t sum;
-      const float scale =
-          quantize_activations(x + t * ldx + b * ops::kQuantBlock, q, &sum, Isa::kAvx512);
-      int8_t* tile = a->codes.data() + (tb * blocks + b) * 512;
-      // Row kk of the tile holds codes 4kk..4kk+3 of each of the 16 tokens.
-      for (int kk = 0; kk < 8; ++kk) std::memcpy(tile + kk * 64 + tt * 4, q + 4 * kk, 4);
-      a->scales[static_cast<size_t>((tb * blocks + b) * 16 + tt)] = scale;
-    }
-  }
-  // The last block's padding tokens: zero codes and scales.
-  if (t1 == a->n) {
-    for (int64_t t = t1; t % 16 != 0; ++t) {
-      const int64_t tb = t / 16, tt = t % 16;
-      for (int64_t b = 0; b < blocks; ++b) {
-        int8_t* tile = a->codes.data() + (tb * blocks + b) * 512;
-        for (int kk = 0; kk < 8; ++kk) std::memset(tile + kk * 64 + tt * 4, 0, 4);
-        a->scales[static_cast<size_t>((tb * blocks + b) * 16 + tt)] = 0.0f;
-      }
-    }
-  }
-}
-
-// acc[m] += tile[m] · xs · ws[m] for the 16 rows of one block's integer sums.
-__attribute__((target("avx512f"))) inline void scale_block(const int32_t (*tile)[16],
-                                                           const float* xs, const float* ws,
-                                                           __m512* acc) {
-  const __m512 x = _mm512_loadu_ps(xs);
-  for (int m = 0; m < 16; ++m) {
-    const __m512 s = _mm512_mul_ps(x, _mm512_set1_ps(ws[m]));
-    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(tile[m])), s, acc[m]);
-  }
-}
-
-// Tiles: 0-1 accumulators (alternating blocks), 2-3 weight codes, 4-5 activation codes. Each
-// block's integer sums leave the tiles at once and are scaled into f32 sums in 16 vector
-// registers (one per weight row), so every block keeps its own two scales.
-__attribute__((target("amx-tile,amx-int8,avx512f,f16c"))) void amx_int8_matmul_rows(
-    const AmxInt8Activations& a, const ops::Matrix& w, int64_t r0, int64_t r1, float* y,
-    int64_t ldy) {
-  configure_tiles(TileLayout::kInt8);
-  const int64_t token_blocks = (a.n + 15) / 16, blocks = a.k / ops::kQuantBlock;
-  const bool q4 = w.format == ops::WeightFormat::kQ4;
-  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
-  // A panel of 16 rows as signed codes, block by block (16 rows × 32 bytes each), and the
-  // panel's weight scales as f32 [block][row].
-  thread_local std::vector<int8_t> panel;
-  thread_local std::vector<float> panel_scales;
-  panel.resize(static_cast<size_t>(blocks * 512));
-  panel_scales.resize(static_cast<size_t>(blocks * 16));
-  // Held in locals: stores through int8_t* may alias anything, so the compiler would otherwise
-  // reload the thread_local vectors' pointers after every store.
-  int8_t* const panel_codes = panel.data();
-  float* const panel_ws = panel_scales.data();
-  alignas(64) int32_t c[2][16][16];
-  for (int64_t r = r0; r + 16 <= r1; r += 16) {
-    for (int64_t m = 0; m < 16; ++m) {
-      const auto* row = static_cast<const uint8_t*>(w.data) + (r + m) * w.row_bytes();
-      for (int64_t b = 0; b < blocks; ++b) {
-        int8_t* dst = panel_codes + b * 512 + m * 32;
-        if (q4) {
-          // Low nibbles are columns 0-15, high ones 16-31: one byte shuffle looks each half up.
-          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
-          const __m128i nibble = _mm_set1_epi8(0x0F);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
-                           _mm_shuffle_epi8(levels, _mm_and_si128(v, nibble)));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16),
-                           _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble)));
-        } else {
-          std::memcpy(dst, row + b * 32, 32);
-        }
-      }
-      // The row's scales, 16 blocks to a conversion, into their [block][row] places.
-      const auto* halves =
-          static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + m) * w.scale_cols;
-      float* scales = panel_ws + m;
-      int64_t b = 0;
-      for (; b + 16 <= blocks; b += 16) {
-        alignas(64) float f[16];
-        _mm512_store_ps(
-            f, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(halves + b))));
-        for (int j = 0; j < 16; ++j) scales[(b + j) * 16] = f[j];
-      }
-      for (; b < blocks; ++b) scales[b * 16] = _cvtsh_ss(halves[b]);
-    }
-    for (int64_t tb = 0; tb < token_blocks; ++tb) {
-      __m512 acc[16];
-      for (auto& v : acc) v = _mm512_setzero_ps();
-      const int8_t* act = a.codes.data() + tb * blocks * 512;
-      const float* act_scales = a.scales.data() + tb * blocks * 16;
-      auto accumulate = [&](const int32_t(*tile)[16], int64_t b) {
-        scale_block(tile, act_scales + b * 16, panel_ws + b * 16, acc);
-      };
-      for (int64_t b = 0; b < blocks; b += 2) {
-        const bool two = b + 1 < blocks;
-        _tile_zero(0);
-        _tile_loadd(2, panel_codes + b * 512, 32);
-        _tile_loadd(4, act + b * 512, 64);
-        _tile_dpbssd(0, 2, 4);
-        if (two) {
-          _tile_zero(1);
-          _tile_loadd(3, panel_codes + (b + 1) * 512, 32);
-          _tile_loadd(5, act + (b + 1) * 512, 64);
-          _tile_dpbssd(1, 3, 5);
-        }
-        _tile_stored(0, c[0], 64);
-        accumulate(c[0], b);
-        if (two) {
-          _tile_stored(1, c[1], 64);
-          accumulate(c[1], b + 1);
-        }
-      }
-      // acc[m] holds row r + m for the block's 16 tokens: y is [token][row].
-      alignas(64) float out[16][16];
-      for (int m = 0; m < 16; ++m) _mm512_store_ps(out[m], acc[m]);
-      store_transposed(out, std::min<int64_t>(16, a.n - tb * 16), y + tb * 16 * ldy + r, ldy);
-    }
-  }
-}
-
-// 8 rounds of tile products per iteration on tiles that stay in registers (all 16 × 64 bytes; the
-// values do not matter): bf16 pairs, or int8 quadruples, per 32-bit element.
-template <bool kInt8>
-__attribute__((target("amx-tile,amx-bf16,amx-int8"))) int32_t tile_throughput_loop(int64_t iters) {
-  configure_tiles(TileLayout::kBf16);
+// 8 rounds of tile products per iteration on tiles that stay in registers (all 16 × 64 bytes of
+// bf16 pairs; the values do not matter).
+__attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_throughput_loop(int64_t iters) {
+  configure_tiles();
   alignas(64) static const uint8_t zeros[16 * 64] = {};
   _tile_zero(0);
   _tile_zero(1);
@@ -371,43 +265,26 @@ __attribute__((target("amx-tile,amx-bf16,amx-int8"))) int32_t tile_throughput_lo
   _tile_loadd(5, zeros, 64);
   _tile_loadd(6, zeros, 64);
   _tile_loadd(7, zeros, 64);
-#define WHALE_TILE_PRODUCT(c, a, b) \
-  if constexpr (kInt8) {            \
-    _tile_dpbssd(c, a, b);          \
-  } else {                          \
-    _tile_dpbf16ps(c, a, b);        \
-  }
   for (int64_t i = 0; i < iters; ++i) {
-    WHALE_TILE_PRODUCT(0, 4, 6)
-    WHALE_TILE_PRODUCT(1, 4, 7)
-    WHALE_TILE_PRODUCT(2, 5, 6)
-    WHALE_TILE_PRODUCT(3, 5, 7)
-    WHALE_TILE_PRODUCT(0, 5, 7)
-    WHALE_TILE_PRODUCT(1, 5, 6)
-    WHALE_TILE_PRODUCT(2, 4, 7)
-    WHALE_TILE_PRODUCT(3, 4, 6)
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_dpbf16ps(0, 5, 7);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_dpbf16ps(3, 4, 6);
   }
-#undef WHALE_TILE_PRODUCT
-  alignas(64) int32_t c[16][16];
+  alignas(64) float c[16][16];
   _tile_stored(0, c, 64);
   return c[0][0];
 }
 
-float amx_bf16_throughput_loop(int64_t iters) {
-  return std::bit_cast<float>(tile_throughput_loop<false>(iters));
-}
-int32_t amx_int8_throughput_loop(int64_t iters) { return tile_throughput_loop<true>(iters); }
-
 #else
 
 bool amx_usable() { return false; }
-int32_t amx_int8_throughput_loop(int64_t) { return 0; }
-void amx_int8_resize(AmxInt8Activations*, int64_t, int64_t) {}
-void amx_int8_prepare(AmxInt8Activations*, const float*, int64_t, int64_t, int64_t) {}
-void amx_int8_matmul_rows(const AmxInt8Activations&, const ops::Matrix&, int64_t, int64_t, float*,
-                          int64_t) {}
 float amx_bf16_throughput_loop(int64_t) { return 0; }
-void amx_resize(AmxActivations*, int64_t, int64_t) {}
+void amx_resize(AmxActivations*, int64_t, int64_t, bool) {}
 void amx_prepare(AmxActivations*, const float*, int64_t, int64_t, int64_t) {}
 void amx_matmul_rows(const AmxActivations&, const ops::Matrix&, int64_t, int64_t, float*,
                      int64_t) {}

@@ -104,13 +104,12 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
 }
 
 void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
-                             const AmxActivations* amx, const AmxInt8Activations* amx8) const {
+                             const AmxActivations* amx) const {
   const ops::Matrix& w = t.w;
-  if (amx || amx8) {
+  if (amx) {
     // Whole 16-row tiles on AMX; the few rows left over below.
     const int64_t tiled = (r1 - r0) / 16 * 16;
-    if (tiled > 0 && amx8) amx_int8_matmul_rows(*amx8, w, r0, r0 + tiled, t.y, t.ldy);
-    if (tiled > 0 && amx) amx_matmul_rows(*amx, w, r0, r0 + tiled, t.y, t.ldy);
+    if (tiled > 0) amx_matmul_rows(*amx, w, r0, r0 + tiled, t.y, t.ldy);
     r0 += tiled;
     if (r0 == r1) return;
   }
@@ -135,8 +134,8 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     return;
   }
   if (w.format != ops::WeightFormat::kDense) {
-    // Each token's activations are rounded to int8 blocks once, then multiplied with four rows
-    // of codes at a time.
+    // Each token's activations are rounded to 16-bit block codes once, then multiplied with four
+    // rows of codes at a time.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
     const int64_t stride = prepared_layout(w.cols).bytes;
     thread_local std::vector<uint8_t> prepared;
@@ -185,14 +184,9 @@ void CpuBackend::matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) c
 }
 
 bool CpuBackend::use_amx(const ops::MatmulTask& t) const {
-  return isa_ == Isa::kAmx && !t.transposed && t.w.format == ops::WeightFormat::kDense &&
-         t.w.dtype == DType::kBF16 && t.n >= kAmxMinTokens && t.w.cols % 32 == 0 &&
-         t.w.rows >= 16;
-}
-
-bool CpuBackend::use_amx_int8(const ops::MatmulTask& t) const {
-  return isa_ == Isa::kAmx && !t.transposed && t.w.format != ops::WeightFormat::kDense &&
-         t.n >= kAmxMinTokens && t.w.rows >= 16;
+  const bool tile_format = t.w.format != ops::WeightFormat::kDense || t.w.dtype == DType::kBF16;
+  return isa_ == Isa::kAmx && !t.transposed && tile_format && t.n >= kAmxMinTokens &&
+         t.w.cols % 32 == 0 && t.w.rows >= 16;
 }
 
 void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
@@ -201,11 +195,8 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   // tokens. The buffers are the caller's: the lambdas run on other threads, whose
   // thread_locals are their own, so they see these through references.
   thread_local std::vector<AmxActivations> caller_amx;
-  thread_local std::vector<AmxInt8Activations> caller_amx8;
   std::vector<AmxActivations>& amx = caller_amx;
-  std::vector<AmxInt8Activations>& amx8 = caller_amx8;
   if (amx.size() < tasks.size()) amx.resize(tasks.size());
-  if (amx8.size() < tasks.size()) amx8.resize(tasks.size());
   auto by_token_blocks = [&](const ops::MatmulTask& t, auto&& prepare) {
     pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
       prepare(b0 * 16, std::min(t.n, b1 * 16));
@@ -213,13 +204,9 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   };
   for (size_t i = 0; i < tasks.size(); ++i) {
     const ops::MatmulTask& t = tasks[i];
-    if (use_amx_int8(t)) {
-      AmxInt8Activations* a = &amx8[i];
-      amx_int8_resize(a, t.n, t.w.cols);
-      by_token_blocks(t, [&](int64_t t0, int64_t t1) { amx_int8_prepare(a, t.x, t.ldx, t0, t1); });
-    } else if (use_amx(t)) {
+    if (use_amx(t)) {
       AmxActivations* a = &amx[i];
-      amx_resize(a, t.n, t.w.cols);
+      amx_resize(a, t.n, t.w.cols, /*with_lo=*/t.w.format == ops::WeightFormat::kDense);
       by_token_blocks(t, [&](int64_t t0, int64_t t1) { amx_prepare(a, t.x, t.ldx, t0, t1); });
     }
   }
@@ -248,8 +235,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       if (t.transposed) {
         matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
       } else {
-        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr,
-                    use_amx_int8(t) ? &amx8[i] : nullptr);
+        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr);
       }
     }
   });

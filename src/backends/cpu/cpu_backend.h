@@ -34,12 +34,10 @@ class CpuBackend final : public ops::Backend {
 
  private:
   // Output columns [r0, r1) of a task (weight rows r0..r1), or of a transposed one.
-  // `amx` / `amx8`, when given, hold the task's activations in tile order (bf16 / int8).
+  // `amx`, when given, holds the task's activations in tile order.
   void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
-                   const AmxActivations* amx = nullptr,
-                   const AmxInt8Activations* amx8 = nullptr) const;
+                   const AmxActivations* amx = nullptr) const;
   bool use_amx(const ops::MatmulTask& t) const;
-  bool use_amx_int8(const ops::MatmulTask& t) const;
   void matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const;
   // attention() where every query head shares one kv head.
   void multi_query_attention(const ops::AttentionArgs& a) const;

@@ -1,5 +1,6 @@
 #include "backends/cpu/quant_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -16,20 +17,25 @@ using ops::WeightFormat;
 // Columns in a group: four blocks, the unit of the wide kernels (64 bytes of 4-bit codes).
 constexpr int64_t kGroup = 4 * kQuantBlock;
 constexpr int64_t kHalf = kQuantBlock / 2;
+// The largest 16-bit activation code: q = round(x / scale), scale = max|x| / kCodeMax.
+constexpr int32_t kCodeMax = 32767;
 // Bytes ahead of the current position that the kernels prefetch (see kBf16Prefetch).
 constexpr int64_t kPrefetch = 4096;
 
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 
 struct Prepared {
-  const int8_t* codes;
+  const int8_t* hi;
+  const uint8_t* lo;
   const float* scales;
   const int32_t* zero;
+  // Element i's 16-bit code.
+  int32_t code(int64_t i) const { return hi[i] * 256 + lo[i]; }
 };
 
 Prepared view(const uint8_t* xp, int64_t k) {
   const PreparedLayout l = prepared_layout(k);
-  return {reinterpret_cast<const int8_t*>(xp + l.codes),
+  return {reinterpret_cast<const int8_t*>(xp + l.hi), xp + l.lo,
           reinterpret_cast<const float*>(xp + l.scales),
           reinterpret_cast<const int32_t*>(xp + l.zero)};
 }
@@ -53,7 +59,7 @@ float q8_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
   float acc = 0;
   for (int64_t b = b0; b < b1; ++b) {
     int32_t dot = 0;
-    for (int64_t i = b * kQuantBlock; i < (b + 1) * kQuantBlock; ++i) dot += q[i] * x.codes[i];
+    for (int64_t i = b * kQuantBlock; i < (b + 1) * kQuantBlock; ++i) dot += q[i] * x.code(i);
     acc += scale_at(w, r, b) * x.scales[b] * static_cast<float>(dot);
   }
   return acc;
@@ -65,19 +71,19 @@ float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
   float acc = 0;
   for (int64_t b = b0; b < b1; ++b) {
     const uint8_t* bytes = p + b * kHalf;
-    // Where the activations of this block's low and high halves are.
-    const int8_t *lo, *hi;
+    // Where the activations of this block's low and high nibbles are.
+    int64_t first, second;
     if (b / 4 < full_groups) {
-      const int64_t g = b / 4, j = b % 4;
-      lo = x.codes + g * kGroup + j * kHalf;
-      hi = lo + 2 * kQuantBlock;
+      first = (b / 4) * kGroup + (b % 4) * kHalf;
+      second = first + 2 * kQuantBlock;
     } else {
-      lo = x.codes + b * kQuantBlock;
-      hi = lo + kHalf;
+      first = b * kQuantBlock;
+      second = first + kHalf;
     }
     int32_t dot = 0;
     for (int64_t i = 0; i < kHalf; ++i) {
-      dot += ops::kQ4Levels[bytes[i] & 0xF] * lo[i] + ops::kQ4Levels[bytes[i] >> 4] * hi[i];
+      dot += ops::kQ4Levels[bytes[i] & 0xF] * x.code(first + i) +
+             ops::kQ4Levels[bytes[i] >> 4] * x.code(second + i);
     }
     acc += scale_at(w, r, b) * x.scales[b] * static_cast<float>(dot);
   }
@@ -118,13 +124,18 @@ struct RowPointers {
   }
 };
 
-// Per group of 128 columns and row: 64 bytes of nibbles, unpacked into the low nibbles
+// The activations' 16-bit codes q = 256·hi + lo (hi signed, lo unsigned) enter VNNI's
+// unsigned × signed byte products in two passes: Σ w·hi, shifted left 8 bits, then + Σ lo·w.
+// In the first pass w is the unsigned side, as w + 128, and the sums start from the prepared
+// per-lane correction (−128 · Σ hi over each block's lanes) that takes the + 128 off; in the
+// second, lo is the unsigned side and w is signed as stored.
+//
+// q4: per group of 128 columns and row, 64 bytes of nibbles, unpacked into the low nibbles
 // (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i)
-// and looked up (one byte shuffle each) as their level + 128, an unsigned byte, then multiplied
-// by activations prepared in that order. VNNI lane l then holds block l / 4, so the four block
-// scales are spread over lanes with one permute; the + 128 is taken off by starting the integer
-// sums from the prepared per-lane correction (−128 · Σx over each block's four lanes).
-// The body of both versions, LOOKUP(v) setting lo and hi from the bytes v.
+// and looked up (one byte shuffle each) as their level + 128, an unsigned byte; flipping the top
+// bit gives the signed level. The activations are prepared in that order. VNNI lane l then holds
+// block l / 4, so the four block scales are spread over lanes with one permute.
+// The body of both versions, LOOKUP(v) setting first and second (biased levels) from the bytes v.
 #define WHALE_Q4_ROWS_AVX512_BODY(LOOKUP)                                                         \
   {                                                                                               \
     const Prepared x = view(xp, w.cols);                                                          \
@@ -133,19 +144,25 @@ struct RowPointers {
     __m512 acc[R];                                                                                \
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();                                     \
     const __m512i nibble = _mm512_set1_epi8(0x0F);                                                \
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));                               \
     const __m512i levels = q4_levels_biased_512();                                                \
     const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);      \
     for (int64_t g = 0; g < groups; ++g) {                                                        \
-      const __m512i xlo = _mm512_loadu_si512(x.codes + g * kGroup);                               \
-      const __m512i xhi = _mm512_loadu_si512(x.codes + g * kGroup + 64);                          \
+      const __m512i hi0 = _mm512_loadu_si512(x.hi + g * kGroup);                                  \
+      const __m512i hi1 = _mm512_loadu_si512(x.hi + g * kGroup + 64);                             \
+      const __m512i lo0 = _mm512_loadu_si512(x.lo + g * kGroup);                                  \
+      const __m512i lo1 = _mm512_loadu_si512(x.lo + g * kGroup + 64);                             \
       const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);                                   \
       const __m128 xs = _mm_loadu_ps(x.scales + g * 4);                                           \
       for (int i = 0; i < R; ++i) {                                                               \
         _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + g * 64 + kPrefetch), _MM_HINT_T0); \
         const __m512i v = _mm512_loadu_si512(p.data[i] + g * 64);                                 \
-        __m512i lo, hi;                                                                           \
+        __m512i first, second;                                                                    \
         LOOKUP(v)                                                                                 \
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, xlo), hi, xhi);     \
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, first, hi0), second, hi1);    \
+        dot = _mm512_slli_epi32(dot, 8);                                                          \
+        dot = _mm512_dpbusd_epi32(dot, lo0, _mm512_xor_si512(first, flip));                       \
+        dot = _mm512_dpbusd_epi32(dot, lo1, _mm512_xor_si512(second, flip));                      \
         const __m128 ws =                                                                         \
             _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.scales[i] + g * 4))); \
         const __m512 s =                                                                          \
@@ -159,15 +176,15 @@ struct RowPointers {
       if (tail) out[i] += q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);               \
     }                                                                                             \
   }
-#define WHALE_Q4_LOOKUP_SHUFFLE(v)                               \
-  lo = _mm512_shuffle_epi8(levels, _mm512_and_si512(v, nibble)); \
-  hi = _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+#define WHALE_Q4_LOOKUP_SHUFFLE(v)                                  \
+  first = _mm512_shuffle_epi8(levels, _mm512_and_si512(v, nibble)); \
+  second = _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
 // With VBMI, a 64-entry byte permute reads only an index's low 6 bits: the 16 levels repeated
 // four times make it ignore bits 4-5, so neither nibble needs masking.
-#define WHALE_Q4_LOOKUP_VBMI(v)            \
-  (void)nibble;                            \
-  lo = _mm512_permutexvar_epi8(v, levels); \
-  hi = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), levels);
+#define WHALE_Q4_LOOKUP_VBMI(v)               \
+  (void)nibble;                               \
+  first = _mm512_permutexvar_epi8(v, levels); \
+  second = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), levels);
 
 template <int R>
 __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp, const Matrix& w,
@@ -180,12 +197,17 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
 #undef WHALE_Q4_LOOKUP_SHUFFLE
 #undef WHALE_Q4_ROWS_AVX512_BODY
 
-    // int8 × int8 with VNNI (unsigned × signed): w + 128 (w with its top bit flipped) times x, the
-    // sums started from the prepared −128 · Σx so that they come out as Σ w·x.
-    template <int R>
-    __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp,
-                                                                   const Matrix& w, int64_t r,
-                                                                   float* out) {
+    // q8: w + 128 is w with its top bit flipped.
+    __attribute__((target(WHALE_AVX512_VNNI))) inline __m512i
+    q8_dot_avx512(__m512i zero, __m512i v, __m512i hi, __m512i lo) {
+  const __m512i d =
+      _mm512_dpbusd_epi32(zero, _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))), hi);
+  return _mm512_dpbusd_epi32(_mm512_slli_epi32(d, 8), lo, v);
+}
+
+template <int R>
+__attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp, const Matrix& w,
+                                                               int64_t r, float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
   const RowPointers<R> p(w, r);
@@ -195,10 +217,11 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t g = 0; g < groups; ++g) {
-    const __m512i x0 = _mm512_loadu_si512(x.codes + g * kGroup);
-    const __m512i x1 = _mm512_loadu_si512(x.codes + g * kGroup + 64);
+    const __m512i hi0 = _mm512_loadu_si512(x.hi + g * kGroup);
+    const __m512i hi1 = _mm512_loadu_si512(x.hi + g * kGroup + 64);
+    const __m512i lo0 = _mm512_loadu_si512(x.lo + g * kGroup);
+    const __m512i lo1 = _mm512_loadu_si512(x.lo + g * kGroup + 64);
     const __m512i z0 = _mm512_loadu_si512(x.zero + g * 32);
     const __m512i z1 = _mm512_loadu_si512(x.zero + g * 32 + 16);
     const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
@@ -208,8 +231,8 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
                    _MM_HINT_T0);
       const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);
       const __m512i v1 = _mm512_loadu_si512(rows[i] + g * kGroup + 64);
-      const __m512i d0 = _mm512_dpbusd_epi32(z0, _mm512_xor_si512(v0, flip), x0);
-      const __m512i d1 = _mm512_dpbusd_epi32(z1, _mm512_xor_si512(v1, flip), x1);
+      const __m512i d0 = q8_dot_avx512(z0, v0, hi0, lo0);
+      const __m512i d1 = q8_dot_avx512(z1, v1, hi1, lo1);
       const __m128 ws = _mm_cvtph_ps(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
       const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, xs));
@@ -224,34 +247,40 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   }
 }
 
-// ops::quantize_activation_block in AVX-512, with the same arithmetic in the same order (max of
-// |x|, one division each for the scale and its inverse, multiply, clamp, round by adding and
-// removing 1.5·2^23), so the codes and scale are bit for bit the same; also returns Σ codes.
+// quantize_block16_portable in AVX-512, with the same arithmetic in the same order (max of |x|,
+// one division each for the scale and its inverse, multiply, clamp, round by adding and removing
+// 1.5·2^23), so the codes and scale are bit for bit the same; returns Σ hi.
 __attribute__((target("avx512f,avx512bw"))) inline __m512i round_codes(__m512 v, __m512 inv) {
-  v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), _mm512_set1_ps(-127.0f)),
-                    _mm512_set1_ps(127.0f));
+  const __m512 limit = _mm512_set1_ps(static_cast<float>(kCodeMax));
+  v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), _mm512_sub_ps(_mm512_setzero_ps(), limit)),
+                    limit);
   const __m512 round = _mm512_set1_ps(12582912.0f);
   return _mm512_cvttps_epi32(_mm512_sub_ps(_mm512_add_ps(v, round), round));
 }
 
-__attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x,
-                                                                       int8_t* q, int32_t* sum) {
+__attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x, int8_t* hi,
+                                                                        uint8_t* lo,
+                                                                        int32_t* hi_sum) {
   const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x)), b = _mm512_abs_ps(_mm512_loadu_ps(x + 16));
   const __m512 inf = _mm512_set1_ps(INFINITY);
   if ((_mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(b, inf, _CMP_LT_OQ)) != 0xFFFF) {
-    std::memset(q, 0, kQuantBlock);  // as the scalar version: codes 0, a NaN scale
-    *sum = 0;
+    std::memset(hi, 0, kQuantBlock);  // as the scalar version: codes 0, a NaN scale
+    std::memset(lo, 0, kQuantBlock);
+    *hi_sum = 0;
     return NAN;
   }
   const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
-  const float scale = amax / 127.0f;
-  const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  const float scale = amax / static_cast<float>(kCodeMax);
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? static_cast<float>(kCodeMax) / amax : 0.0f);
   const __m512i ca = round_codes(_mm512_loadu_ps(x), inv);
   const __m512i cb = round_codes(_mm512_loadu_ps(x + 16), inv);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(ca));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(cb));
-  // Lanes hold -127..127: the sum of 16 cannot overflow.
-  *sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ca, cb));
+  const __m512i ha = _mm512_srai_epi32(ca, 8), hb = _mm512_srai_epi32(cb, 8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), _mm512_cvtepi32_epi8(ha));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + 16), _mm512_cvtepi32_epi8(hb));
+  // vpmovdb keeps each lane's low byte: lo = q mod 256.
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtepi32_epi8(ca));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + 16), _mm512_cvtepi32_epi8(cb));
+  *hi_sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ha, hb));
   return scale;
 }
 
@@ -264,28 +293,45 @@ __attribute__((target(WHALE_AVX2))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(q);
 }
 
-// One block per step: 16-bit products of |w| and sign-moved x (no saturation: |w| ≤ 128,
-// |x| ≤ 127), widened to 32 bits, scaled in f32.
+// Σ w·q over one block of 32 as eight int32 lanes: the signed codes w widened to 16 bits (by
+// interleaving with their sign bytes) times the activations' 16-bit codes (lo and hi bytes
+// interleaved the same way), pairs summed by vpmaddwd (|w·q| ≤ 127 · 32767: no overflow).
+__attribute__((target(WHALE_AVX2))) inline __m256i block_dot_avx2(__m256i w, __m256i hi,
+                                                                  __m256i lo) {
+  const __m256i sign = _mm256_cmpgt_epi8(_mm256_setzero_si256(), w);
+  const __m256i a = _mm256_madd_epi16(_mm256_unpacklo_epi8(w, sign), _mm256_unpacklo_epi8(lo, hi));
+  const __m256i b = _mm256_madd_epi16(_mm256_unpackhi_epi8(w, sign), _mm256_unpackhi_epi8(lo, hi));
+  return _mm256_add_epi32(a, b);
+}
+
 template <int R>
 __attribute__((target(WHALE_AVX2))) void q8_rows_avx2(const uint8_t* xp, const Matrix& w,
                                                       int64_t r, float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t blocks = w.cols / kQuantBlock;
-  const __m256i ones = _mm256_set1_epi16(1);
   for (int i = 0; i < R; ++i) {
     const uint8_t* row = row_data(w, r + i);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < blocks; ++b) {
       _mm_prefetch(reinterpret_cast<const char*>(row + b * kQuantBlock + kPrefetch), _MM_HINT_T0);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kQuantBlock));
-      const __m256i xv =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.codes + b * kQuantBlock));
-      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(xv, v));
-      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      const __m256i hi =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi + b * kQuantBlock));
+      const __m256i lo =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo + b * kQuantBlock));
+      const __m256 d = _mm256_cvtepi32_ps(block_dot_avx2(v, hi, lo));
       acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
     }
     out[i] = hsum256(acc);
   }
+}
+
+// The 32 activation bytes of q4 block b's two nibble halves (in a full group), from one part.
+__attribute__((target(WHALE_AVX2))) inline __m256i q4_halves_avx2(const void* part, int64_t b) {
+  const auto* first = static_cast<const uint8_t*>(part) + (b / 4) * kGroup + (b % 4) * kHalf;
+  return _mm256_set_m128i(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + 2 * kQuantBlock)),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(first)));
 }
 
 // As q8_rows_avx2, with the codes first looked up as their signed levels (one byte shuffle).
@@ -294,7 +340,6 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
                                                       int64_t r, float* out) {
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m128i nibble = _mm_set1_epi8(0x0F);
   const __m256i levels = _mm256_broadcastsi128_si256(
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
@@ -307,13 +352,8 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
       const __m256i codes = _mm256_shuffle_epi8(
           levels,
           _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble), _mm_and_si128(v, nibble)));
-      const int8_t* lo = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
-      const __m256i xv =
-          _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + 2 * kQuantBlock)),
-                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo)));
-      const __m256i p =
-          _mm256_maddubs_epi16(_mm256_sign_epi8(codes, codes), _mm256_sign_epi8(xv, codes));
-      const __m256 d = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+      const __m256 d = _mm256_cvtepi32_ps(
+          block_dot_avx2(codes, q4_halves_avx2(x.hi, b), q4_halves_avx2(x.lo, b)));
       acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
     }
     out[i] = hsum256(acc) + q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
@@ -407,45 +447,82 @@ int32_t int8_dot_throughput_loop(Isa isa, int64_t iters) {
 PreparedLayout prepared_layout(int64_t k) {
   PreparedLayout l;
   const int64_t blocks = k / kQuantBlock;
-  l.codes = 0;
-  l.scales = align64(k);
+  l.hi = 0;
+  l.lo = align64(k);
+  l.scales = l.lo + align64(k);
   l.zero = l.scales + align64(blocks * 4);
   l.bytes = l.zero + align64(k / kGroup * 32 * 4);
   return l;
 }
 
-float quantize_activations(const float* x, int8_t* q, int32_t* sum, Isa isa) {
+namespace {
+
+float quantize_block16_portable(const float* x, int8_t* hi, uint8_t* lo) {
+  float amax = 0;
+  bool finite = true;
+  for (int64_t i = 0; i < kQuantBlock; ++i) {
+    amax = std::max(amax, std::fabs(x[i]));
+    finite &= std::fabs(x[i]) < INFINITY;  // false for NaN too
+  }
+  if (!finite) {  // NaN or inf in: codes 0, and a NaN scale carries it on
+    std::fill_n(hi, kQuantBlock, int8_t{0});
+    std::fill_n(lo, kQuantBlock, uint8_t{0});
+    return NAN;
+  }
+  const float limit = static_cast<float>(kCodeMax);
+  const float scale = amax / limit;
+  const float inv = amax > 0 ? limit / amax : 0.0f;
+  // Adding and removing 1.5·2^23 rounds to the nearest integer, ties to even, as lrintf does
+  // for |v| < 2^22, in a form the compiler vectorises.
+  constexpr float kRound = 12582912.0f;
+  for (int64_t i = 0; i < kQuantBlock; ++i) {
+    const float v = std::clamp(x[i] * inv, -limit, limit);
+    const auto q = static_cast<int32_t>((v + kRound) - kRound);
+    hi[i] = static_cast<int8_t>(q >> 8);  // floor(q / 256): arithmetic shift
+    lo[i] = static_cast<uint8_t>(q & 0xFF);
+  }
+  return scale;
+}
+
+}  // namespace
+
+float quantize_activations16(const float* x, int8_t* hi, uint8_t* lo, int32_t* hi_sum, Isa isa) {
 #if defined(__x86_64__)
-  if (has_avx512(isa)) return quantize_block_avx512(x, q, sum);
+  if (has_avx512(isa)) return quantize_block_avx512(x, hi, lo, hi_sum);
 #else
   (void)isa;
 #endif
-  const float scale = ops::quantize_activation_block(x, q);
+  const float scale = quantize_block16_portable(x, hi, lo);
   int32_t s = 0;
-  for (int64_t i = 0; i < kQuantBlock; ++i) s += q[i];
-  *sum = s;
+  for (int64_t i = 0; i < kQuantBlock; ++i) s += hi[i];
+  *hi_sum = s;
   return scale;
 }
 
 void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* out, Isa isa) {
   const PreparedLayout l = prepared_layout(k);
-  auto* codes = reinterpret_cast<int8_t*>(out + l.codes);
+  auto* hi = reinterpret_cast<int8_t*>(out + l.hi);
+  uint8_t* lo = out + l.lo;
   auto* scales = reinterpret_cast<float*>(out + l.scales);
   auto* zero = reinterpret_cast<int32_t*>(out + l.zero);
   const int64_t blocks = k / kQuantBlock, full_groups = k / kGroup;
-  int8_t q[kQuantBlock];
+  int8_t h[kQuantBlock];
+  uint8_t o[kQuantBlock];
   for (int64_t b = 0; b < blocks; ++b) {
-    int32_t sum;  // Σ codes of the block, for the zero-point corrections
-    scales[b] = quantize_activations(x + b * kQuantBlock, q, &sum, isa);
+    int32_t sum;  // Σ hi of the block, for the zero-point corrections
+    scales[b] = quantize_activations16(x + b * kQuantBlock, h, o, &sum, isa);
     if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
-      int8_t* lo = codes + (b / 4) * kGroup + (b % 4) * kHalf;
-      std::memcpy(lo, q, kHalf);
-      std::memcpy(lo + 2 * kQuantBlock, q + kHalf, kHalf);
-      // Four VNNI lanes per block; together they subtract 128 · Σx (the levels come biased).
+      const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf, second = first + 2 * kQuantBlock;
+      std::memcpy(hi + first, h, kHalf);
+      std::memcpy(hi + second, h + kHalf, kHalf);
+      std::memcpy(lo + first, o, kHalf);
+      std::memcpy(lo + second, o + kHalf, kHalf);
+      // Four VNNI lanes per block; together they subtract 128 · Σhi (the levels come biased).
       for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -32 * sum;
     } else {
-      std::memcpy(codes + b * kQuantBlock, q, kQuantBlock);
-      // kQ8 reads w + 128 as unsigned: eight VNNI lanes per block together subtract 128 · Σx.
+      std::memcpy(hi + b * kQuantBlock, h, kQuantBlock);
+      std::memcpy(lo + b * kQuantBlock, o, kQuantBlock);
+      // kQ8 reads w + 128 as unsigned: eight VNNI lanes per block together subtract 128 · Σhi.
       if (format == WeightFormat::kQ8 && b / 4 < full_groups) {
         for (int j = 0; j < 8; ++j) zero[(b / 4) * 32 + (b % 4) * 8 + j] = -16 * sum;
       }

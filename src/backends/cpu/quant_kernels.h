@@ -1,6 +1,11 @@
-// Products of whale's block formats (ops::WeightFormat kQ8, kQ4) with activations: each token's
-// activations are first rounded to int8 blocks (prepare_quantized), then up to four weight rows
-// at a time are multiplied with integer dot products (VNNI where the CPU has it).
+// Products of whale's block formats (ops::WeightFormat kQ8, kQ4) with a few tokens' activations
+// (decode): each token's activations are first rounded to 16-bit codes per 32-column block
+// (prepare_quantized), then up to four weight rows at a time are multiplied with integer dot
+// products (VNNI where the CPU has it), exact in their integer part. A block's codes are
+// q = round(x / s), s = max|x| / 32767, so each product is within about 2^-16 · Σ_blocks max|x| ·
+// Σ|w| of the exact one: far inside the weights' own rounding. (int8 activations, as most
+// engines use, cost q8 half its disagreement with bf16 on whale-mini; 16 bits cost the
+// kernels a shift and a second byte product per block.)
 #pragma once
 
 #include <cstdint>
@@ -11,9 +16,11 @@
 namespace whale::cpu {
 
 // Where the parts of one token's prepared activations lie, for k columns (a multiple of 32).
+// Each code q = 256 · hi + lo, hi signed and lo unsigned (the high and low bytes of q).
 struct PreparedLayout {
-  int64_t codes = 0;   // int8 [k]: natural order, except that for kQ4 each full group of 128
+  int64_t hi = 0;      // int8 [k]: natural order, except that for kQ4 each full group of 128
                        // columns is ordered as the kernels unpack nibbles (see quant_kernels.cpp)
+  int64_t lo = 0;      // uint8 [k], in the same order
   int64_t scales = 0;  // f32 [k / 32]
   int64_t zero = 0;    // int32 [k / 128][32]: the zero-point correction per VNNI lane of each
                        // full group (kQ4: 16 lanes; kQ8: 2 × 16, see quant_kernels.cpp)
@@ -25,9 +32,9 @@ PreparedLayout prepared_layout(int64_t k);
 // AVX-512).
 void prepare_quantized(const float* x, int64_t k, ops::WeightFormat format, uint8_t* out, Isa isa);
 
-// ops::quantize_activation_block, bit for bit, in vector code where the isa allows; also gives
-// Σ codes.
-float quantize_activations(const float* x, int8_t* q, int32_t* sum, Isa isa);
+// One block of 32 activations to 16-bit codes (as hi and lo bytes); returns their scale and,
+// through hi_sum, Σ hi. NaN or inf in the block: codes 0 and a NaN scale.
+float quantize_activations16(const float* x, int8_t* hi, uint8_t* lo, int32_t* hi_sum, Isa isa);
 
 // Whether the CPU has AVX-512 VNNI (the kAvx512 quantized kernels need it; without it they fall
 // back to the AVX2 ones), and AVX-512 VBMI.

@@ -3,36 +3,11 @@
 #include <cmath>
 #include <vector>
 
-#include "ops/quant.h"
-
 namespace whale::ops {
 
 void RefBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                         const Matrix& w) const {
-  if (w.format != WeightFormat::kDense) {
-    // The defined product of whale's block formats: int8 activation blocks times the codes.
-    std::vector<int8_t> xq(static_cast<size_t>(w.cols));
-    std::vector<float> xs(static_cast<size_t>(w.cols / kQuantBlock));
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t b = 0; b < w.cols / kQuantBlock; ++b) {
-        xs[static_cast<size_t>(b)] =
-            quantize_activation_block(x + t * ldx + b * kQuantBlock, xq.data() + b * kQuantBlock);
-      }
-      for (int64_t r = 0; r < w.rows; ++r) {
-        double acc = 0;
-        for (int64_t b = 0; b < w.cols / kQuantBlock; ++b) {
-          const double sw = block_scale(w, w.row_offset + r, b);
-          int64_t dot = 0;
-          for (int64_t i = b * kQuantBlock; i < (b + 1) * kQuantBlock; ++i) {
-            dot += int64_t{xq[static_cast<size_t>(i)]} * weight_code(w, r, i);
-          }
-          acc += sw * xs[static_cast<size_t>(b)] * double(dot);
-        }
-        y[t * ldy + r] = static_cast<float>(acc);
-      }
-    }
-    return;
-  }
+  // Block formats too: w.at dequantizes each code.
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t r = 0; r < w.rows; ++r) {
       double acc = 0;
