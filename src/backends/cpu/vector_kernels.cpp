@@ -458,32 +458,38 @@ __attribute__((target("avx512f,fma"))) void swiglu_avx512(float* y, const float*
 // In intrinsics: 16 heads fill one register, and every multiply-add takes its broadcast
 // operand straight from memory. Scores take 8 keys at a time (8 row pointers stay in general
 // registers); values go over the keys in chunks that stay in L1 for all the value columns.
-__attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryPart& p) {
-  constexpr int R = 8;
-  int64_t s = p.s0;
-  for (; s + R <= p.s1; s += R) {
-    // Even and odd dimensions in separate accumulators: 16 chains cover the FMA latency.
-    __m512 even[R], odd[R];
-    for (int j = 0; j < R; ++j) even[j] = odd[j] = _mm512_setzero_ps();
-    const float* k[R];
-    for (int j = 0; j < R; ++j) k[j] = p.k + (s + j) * p.k_row;
-    int64_t d = 0;
-    for (; d + 2 <= p.dk; d += 2) {
-      const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
-      const __m512 q1 = _mm512_loadu_ps(p.q_t + (d + 1) * kMqHeads);
-      for (int j = 0; j < R; ++j) {
-        even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
-        odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d + 1]), q1, odd[j]);
-      }
+// Scores of keys s..s+R-1 for the 16 heads, one vector per key. Even and odd dimensions in
+// separate accumulators: with R = 12, 24 chains cover the FMA latency, and each pair of query
+// loads feeds 24 multiply-adds.
+template <int R>
+__attribute__((target("avx512f,fma"))) inline void mq_scores_avx512(const MultiQueryPart& p,
+                                                                    int64_t s) {
+  __m512 even[R], odd[R];
+  for (int j = 0; j < R; ++j) even[j] = odd[j] = _mm512_setzero_ps();
+  const float* k[R];
+  for (int j = 0; j < R; ++j) k[j] = p.k + (s + j) * p.k_row;
+  int64_t d = 0;
+  for (; d + 2 <= p.dk; d += 2) {
+    const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+    const __m512 q1 = _mm512_loadu_ps(p.q_t + (d + 1) * kMqHeads);
+    for (int j = 0; j < R; ++j) {
+      even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+      odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d + 1]), q1, odd[j]);
     }
-    if (d < p.dk) {
-      const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
-      for (int j = 0; j < R; ++j) even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
-    }
-    for (int j = 0; j < R; ++j)
-      _mm512_storeu_ps(p.scores + (s - p.s0 + j) * kMqHeads, _mm512_add_ps(even[j], odd[j]));
   }
-  for (; s < p.s1; ++s) mq_scores<1>(p, s, p.scores + (s - p.s0) * kMqHeads);
+  if (d < p.dk) {
+    const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+    for (int j = 0; j < R; ++j) even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+  }
+  for (int j = 0; j < R; ++j)
+    _mm512_storeu_ps(p.scores + (s - p.s0 + j) * kMqHeads, _mm512_add_ps(even[j], odd[j]));
+}
+
+__attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryPart& p) {
+  int64_t s = p.s0;
+  for (; s + 12 <= p.s1; s += 12) mq_scores_avx512<12>(p, s);
+  for (; s + 4 <= p.s1; s += 4) mq_scores_avx512<4>(p, s);
+  for (; s < p.s1; ++s) mq_scores_avx512<1>(p, s);
 
   const int64_t n = p.s1 - p.s0;
   __m512 m = _mm512_set1_ps(-INFINITY);
@@ -498,7 +504,7 @@ __attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryP
   _mm512_storeu_ps(p.m, m);
   _mm512_storeu_ps(p.l, l);
 
-  constexpr int W = 8;
+  constexpr int W = 16;
   constexpr int64_t kChunk = 32;  // 32 cache rows of values: 36 KB at MLA's width
   const int64_t dv_vec = p.dv / W * W;
   for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
