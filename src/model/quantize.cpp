@@ -33,8 +33,8 @@ Target target_for(const TensorSpec& s, QuantRecipe recipe) {
   const bool head = ends_with(s.checkpoint, "lm_head.weight") ||
                     ends_with(s.checkpoint, "shared_head.head.weight");
   // For q8, the head stays bf16: on whale-mini its 8-bit rounding alone moved about 0.5% of the
-  // top-1 predictions (near-ties), for 2% of the weights read per token on V3's shapes (14% on
-  // synth-v3-1b's, whose vocabulary is large for its size). GPTQ, AWQ and bitsandbytes leave the
+  // top-1 predictions (near-ties), for 2% of the weights read per token by V3's shapes (14% on
+  // synth-v3-1b, whose vocabulary is large for its size). GPTQ, AWQ and bitsandbytes leave the
   // head unquantised for the same reason.
   // For q4, kept at 8 bits: the FFNs of the first (dense) layers and attention's two
   // down-projections (into the q and kv latents). They are a few percent of the weights read per
