@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
+#include "core/workspace.h"
 
 namespace whale {
 namespace {
@@ -132,6 +133,63 @@ TEST(ThreadPool, GrainAndExceptions) {
   std::atomic<int64_t> sum = 0;
   pool.parallel_for(100, [&](int64_t b, int64_t e) { sum += e - b; });
   EXPECT_EQ(sum.load(), 100);
+}
+
+TEST(Workspace, TakesAlignedDisjointBuffersAndGivesThemBackInOrder) {
+  Workspace ws;
+  float* first = nullptr;
+  {
+    const Workspace::Scope pass(ws);
+    const std::span<float> a = ws.take<float>(10);
+    const std::span<int32_t> b = ws.take<int32_t>(3);
+    first = a.data();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 64, 0u);
+    EXPECT_GE(reinterpret_cast<const char*>(b.data()),
+              reinterpret_cast<const char*>(a.data() + 10));
+    float* inner = nullptr;
+    {
+      const Workspace::Scope nested(ws);
+      inner = ws.take<float>(5).data();
+    }
+    EXPECT_EQ(ws.take<float>(5).data(), inner);  // the nested scope's memory, given back
+  }
+  EXPECT_EQ(ws.take<float>(1).data(), first);
+}
+
+TEST(Workspace, AFullPassFitsOneBlockTheNextTime) {
+  Workspace ws;
+  auto pass = [&] {
+    const Workspace::Scope scope(ws);
+    std::vector<float*> got;
+    for (int i = 0; i < 8; ++i) {
+      const std::span<float> s = ws.take<float>(int64_t{1} << (15 + i % 3));  // 128-512 KiB
+      std::fill(s.begin(), s.end(), float(i));  // every byte is ours to write
+      got.push_back(s.data());
+    }
+    return got;
+  };
+  pass();
+  const size_t held = ws.capacity();
+  const std::vector<float*> second = pass(), third = pass();
+  EXPECT_EQ(second, third);  // the same memory every time: nothing was allocated
+  EXPECT_EQ(ws.capacity(), held);
+  for (size_t i = 1; i < second.size(); ++i) EXPECT_LT(second[i - 1], second[i]);  // one block
+}
+
+TEST(Workspace, KeepsNoMoreThanItsRetainLimit) {
+  Workspace ws(size_t{1} << 20);
+  {
+    const Workspace::Scope scope(ws);
+    ws.take<float>(int64_t{1} << 19);  // 2 MiB
+  }
+  EXPECT_EQ(ws.capacity(), 0u);
+  {
+    const Workspace::Scope scope(ws);
+    ws.take<float>(1000);
+  }
+  EXPECT_GT(ws.capacity(), 0u);
+  EXPECT_LE(ws.capacity(), size_t{1} << 20);
 }
 
 }  // namespace

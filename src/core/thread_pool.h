@@ -8,10 +8,11 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "core/function_ref.h"
 
 namespace whale {
 
@@ -29,7 +30,7 @@ class ThreadPool {
   // Splits [0, n) into contiguous chunks of at least `grain` items, runs fn(begin, end) on each,
   // and blocks until all are done. An exception thrown by fn is rethrown here once every chunk
   // has finished. Not reentrant: fn must not call parallel_for. One caller at a time.
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
+  void parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn, int64_t grain = 1);
 
  private:
   void worker_loop(int index);
@@ -45,7 +46,7 @@ class ThreadPool {
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
   // The current job, written before generation_ is bumped.
-  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  const FunctionRef<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int job_chunks_ = 0;
   std::mutex error_mutex_;

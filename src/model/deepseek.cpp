@@ -38,6 +38,13 @@ Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<con
 Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
                                                 std::span<const BatchItem> items,
                                                 AttentionForm attention) const {
+  std::vector<float> logits;
+  WHALE_TRY(forward_batch(ops, items, &logits, attention));
+  return logits;
+}
+
+Status Model::forward_batch(const ops::Backend& ops, std::span<const BatchItem> items,
+                            std::vector<float>* logits, AttentionForm attention) const {
   const ModelConfig& c = config_;
   if (items.empty()) return make_error("no sequences given", "batch");
   int64_t n = 0, n_out = 0;
@@ -66,25 +73,28 @@ Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
   const int64_t d = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
 
+  thread_local Workspace scratch;
+  const Workspace::Scope scope(scratch);
+
   // Rows of all items back to back, with each row's position in its own sequence.
-  std::vector<int32_t> ids, pos;
-  ids.reserve(static_cast<size_t>(n));
-  pos.reserve(static_cast<size_t>(n));
-  std::vector<MlaSequence> seqs;
-  for (const BatchItem& item : items) {
-    seqs.push_back({static_cast<int64_t>(ids.size()), static_cast<int64_t>(item.ids.size()),
-                    item.cache->size(), nullptr});
-    for (size_t t = 0; t < item.ids.size(); ++t) {
-      ids.push_back(item.ids[t]);
-      pos.push_back(static_cast<int32_t>(item.cache->size() + static_cast<int64_t>(t)));
+  const std::span<int32_t> ids = scratch.take<int32_t>(n), pos = scratch.take<int32_t>(n);
+  const std::span<MlaSequence> seqs = scratch.take<MlaSequence>(std::ssize(items));
+  for (size_t s = 0, row = 0; s < items.size(); ++s) {
+    const BatchItem& item = items[s];
+    seqs[s] = {static_cast<int64_t>(row), static_cast<int64_t>(item.ids.size()), item.cache->size(),
+               nullptr};
+    for (size_t t = 0; t < item.ids.size(); ++t, ++row) {
+      ids[row] = item.ids[t];
+      pos[row] = static_cast<int32_t>(item.cache->size() + static_cast<int64_t>(t));
     }
   }
 
-  std::vector<float> h(static_cast<size_t>(n * d));       // [n, d] residual stream
-  std::vector<float> normed(h.size()), branch(h.size());  // [n, d]
+  // Written whole before they are read: by the embedding, norms and branches.
+  const std::span<float> h = scratch.take<float>(n * d);  // [n, d] residual stream
+  const std::span<float> normed = scratch.take<float>(n * d), branch = scratch.take<float>(n * d);
   ops.embedding(h.data(), weights_.embed, ids.data(), n);
 
-  const MlaContext mla{ops, c, rope_, softmax_scale_};
+  const MlaContext mla{ops, c, rope_, softmax_scale_, scratch};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
     for (size_t s = 0; s < items.size(); ++s) seqs[s].cache = items[s].cache->layer(l);
@@ -94,16 +104,16 @@ Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
 
     ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.ffn_norm, eps);
     if (lw.moe) {
-      moe_forward(ops, c, lw.experts, normed.data(), n, branch.data());
+      moe_forward(ops, c, lw.experts, normed.data(), n, branch.data(), scratch);
     } else {
-      ffn_forward(ops, lw.dense, normed.data(), n, branch.data());
+      ffn_forward(ops, lw.dense, normed.data(), n, branch.data(), scratch);
     }
     for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];
   }
   for (const BatchItem& item : items) item.cache->advance(static_cast<int64_t>(item.ids.size()));
 
   // Only the rows that will be read go through the head.
-  std::vector<float> out_rows(static_cast<size_t>(n_out * d));  // [n_out, d]
+  const std::span<float> out_rows = scratch.take<float>(n_out * d);  // [n_out, d]
   int64_t r = 0;
   for (size_t s = 0; s < items.size(); ++s) {
     const int64_t first = items[s].all_logits ? seqs[s].row : seqs[s].row + seqs[s].n - 1;
@@ -112,9 +122,9 @@ Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
     r += count;
   }
   ops.rmsnorm(out_rows.data(), d, out_rows.data(), d, n_out, d, weights_.norm, eps);
-  std::vector<float> logits(static_cast<size_t>(n_out * c.vocab_size));
-  ops.matmul(logits.data(), c.vocab_size, out_rows.data(), d, n_out, weights_.lm_head);
-  return logits;
+  logits->resize(static_cast<size_t>(n_out * c.vocab_size));
+  ops.matmul(logits->data(), c.vocab_size, out_rows.data(), d, n_out, weights_.lm_head);
+  return ok_status();
 }
 
 }  // namespace whale::model

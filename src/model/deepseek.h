@@ -43,17 +43,21 @@ class Model {
 
   // Runs `ids` at positions cache.size().. and appends them to the cache. Returns logits
   // [n_out, vocab_size] in f32, n_out = ids.size() or 1. Checks ids and cache room first.
-  // Allocates its activations.
   Result<std::vector<float>> forward(const ops::Backend& ops, std::span<const int32_t> ids,
                                      KvCache& cache, const ForwardOptions& options = {}) const;
-
   // Several sequences in one pass: every projection and expert runs once over all their rows
   // (weights are read once per step), attention per sequence over its own cache. Returns the
   // logits rows of all items in order ([rows, vocab_size]). Checks every item first; on error
-  // no cache has changed. Allocates its activations.
+  // no cache has changed.
   Result<std::vector<float>> forward_batch(
       const ops::Backend& ops, std::span<const BatchItem> items,
       AttentionForm attention = AttentionForm::kAuto) const;
+  // forward_batch into *logits (resized to [rows, vocab_size]). The activations come from a
+  // per-thread workspace that keeps its memory, so a decode step that follows another of its
+  // shape allocates nothing (neither here nor in the CPU backend), given *logits' capacity.
+  Status forward_batch(const ops::Backend& ops, std::span<const BatchItem> items,
+                       std::vector<float>* logits,
+                       AttentionForm attention = AttentionForm::kAuto) const;
 
  private:
   ModelConfig config_;

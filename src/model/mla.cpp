@@ -1,19 +1,8 @@
 #include "model/mla.h"
 
 #include <algorithm>
-#include <vector>
-
-#include "core/uninit_vector.h"
 
 namespace whale::model {
-namespace {
-
-// Every buffer below is written whole by a product or a copy before it is read.
-using Buffer = UninitVector<float>;
-
-Buffer uninit(int64_t n) { return Buffer(static_cast<size_t>(n)); }
-
-}  // namespace
 
 AttentionForm choose_attention_form(const ModelConfig& c, std::span<const MlaSequence> sequences) {
   const double H = double(c.num_attention_heads), lat = double(c.kv_lora_rank);
@@ -40,13 +29,16 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   // The q_a and kv_a norms are built with eps 1e-6 in DeepSeek's code and in transformers,
   // whatever rms_norm_eps says.
   const float eps = 1e-6f;
+  // Every buffer below is written whole by a product or a copy before it is read.
+  const Workspace::Scope scope(ctx.scratch);
+  auto uninit = [&](int64_t count) { return ctx.scratch.take<float>(count); };
 
   // Queries of every row: [n, H, nope + rope].
   // The two down-projections of x, as one job: c_q (or the full queries) and c_kv.
-  Buffer q = uninit(n * H * dq);
-  Buffer kv = uninit(n * width);  // [n, kv_lora + rope]
+  const std::span<float> q = uninit(n * H * dq);
+  const std::span<float> kv = uninit(n * width);  // [n, kv_lora + rope]
   const int64_t ql = c.q_lora_rank.value_or(0);
-  Buffer cq = uninit(n * ql);  // [n, q_lora]
+  const std::span<float> cq = uninit(n * ql);  // [n, q_lora]
   const ops::MatmulTask down[] = {
       c.q_lora_rank ? ops::MatmulTask{cq.data(), ql, x, d, n, w.q_a}
                     : ops::MatmulTask{q.data(), H * dq, x, d, n, w.q_proj},
@@ -70,7 +62,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
              ctx.rope.amplitude);
   }
 
-  Buffer o = uninit(n * H * dv);  // [n, H, v]
+  const std::span<float> o = uninit(n * H * dv);  // [n, H, v]
   auto attention_base = [&](const MlaSequence& s) {
     ops::AttentionArgs a;
     a.n_q = s.n;
@@ -84,8 +76,8 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   if (form == AttentionForm::kAuto) form = choose_attention_form(c, sequences);
   if (form == AttentionForm::kAbsorbed) {
     // q_abs[t, h] = [W_UK[h]ᵀ q_nope[t, h] ; q_rope[t, h]]: [n, H, kv_lora + rope].
-    Buffer q_abs = uninit(n * H * width);
-    std::vector<ops::MatmulTask> heads(static_cast<size_t>(H));
+    const std::span<float> q_abs = uninit(n * H * width);
+    const std::span<ops::MatmulTask> heads = ctx.scratch.take<ops::MatmulTask>(H);
     for (int64_t h = 0; h < H; ++h) {
       const Matrix w_uk = w.kv_b.row_slice(h * (nope + dv), nope);  // [nope, kv_lora]
       heads[static_cast<size_t>(h)] = {q_abs.data() + h * width, H * width, q.data() + h * dq,
@@ -99,7 +91,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
       }
     }
     // One shared key [c ; k_rope] and value c per cached token.
-    Buffer o_lat = uninit(n * H * lat);  // [n, H, kv_lora]
+    const std::span<float> o_lat = uninit(n * H * lat);  // [n, H, kv_lora]
     for (const MlaSequence& s : sequences) {
       ops::AttentionArgs a = attention_base(s);
       a.kv_heads = 1;
@@ -121,9 +113,10 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
     for (const MlaSequence& s : sequences) {
       // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
       const int64_t n_kv = s.n_past + s.n;
-      Buffer kvx = uninit(n_kv * H * (nope + dv));
+      const Workspace::Scope per_sequence(ctx.scratch);
+      const std::span<float> kvx = uninit(n_kv * H * (nope + dv));
       ops.matmul(kvx.data(), H * (nope + dv), s.cache, width, n_kv, w.kv_b);
-      Buffer k = uninit(n_kv * H * dq);  // [n_kv, H, nope + rope]
+      const std::span<float> k = uninit(n_kv * H * dq);  // [n_kv, H, nope + rope]
       for (int64_t t = 0; t < n_kv; ++t) {
         for (int64_t h = 0; h < H; ++h) {
           float* dst = k.data() + (t * H + h) * dq;

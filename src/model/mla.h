@@ -6,6 +6,7 @@
 
 #include <span>
 
+#include "core/workspace.h"
 #include "model/config.h"
 #include "model/rope_yarn.h"
 #include "model/weights.h"
@@ -25,6 +26,7 @@ struct MlaContext {
   const ModelConfig& config;
   const RopeTables& rope;
   float softmax_scale;
+  Workspace& scratch;  // the pass's buffers
 };
 
 // The rows of one sequence within a batch: rows [row, row + n) of the batch are its tokens at
@@ -41,7 +43,8 @@ AttentionForm choose_attention_form(const ModelConfig& c, std::span<const MlaSeq
 
 // x: [n_rows, d] normed input of every sequence's new tokens; pos[r] is row r's position in
 // its sequence. Projections run over all rows at once (weights are read once per batch);
-// attention runs per sequence over its own cache. out: [n_rows, d]. Allocates its scratch.
+// attention runs per sequence over its own cache. out: [n_rows, d]. Takes its buffers from
+// ctx.scratch and gives them back.
 void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* x, int64_t n_rows,
                  const int32_t* pos, std::span<const MlaSequence> sequences, AttentionForm form,
                  float* out);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
-#include <unordered_set>
 
 namespace whale::sampling {
 
@@ -66,35 +65,53 @@ uint64_t Rng::next() {
 double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 
 Sampler::Sampler(SamplingParams params, int64_t vocab_size)
-    : p_(std::move(params)), vocab_(vocab_size), rng_(p_.seed) {}
+    : p_(std::move(params)),
+      vocab_(vocab_size),
+      rng_(p_.seed),
+      counts_(static_cast<size_t>(vocab_size), 0),
+      seen_(static_cast<size_t>(vocab_size), 0) {
+  generated_.reserve(256);
+}
 
 void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> prompt) const {
   for (const auto& [id, bias] : p_.logit_bias) logits[static_cast<size_t>(id)] += bias;
   if (p_.repetition_penalty != 1.0f) {
-    std::unordered_set<int32_t> seen(prompt.begin(), prompt.end());
-    for (const auto& [id, n] : counts_) seen.insert(id);
-    for (int32_t id : seen) {
-      if (id < 0 || id >= vocab_) continue;
+    // Each id of the prompt or the output once, however often it occurs.
+    auto penalise = [&](int32_t id) {
+      if (id < 0 || id >= vocab_ || seen_[static_cast<size_t>(id)]) return;
+      seen_[static_cast<size_t>(id)] = 1;
       float& l = logits[static_cast<size_t>(id)];
       l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
+    };
+    for (int32_t id : prompt) penalise(id);
+    for (int32_t id : generated_) penalise(id);
+    for (int32_t id : prompt) {
+      if (id >= 0 && id < vocab_) seen_[static_cast<size_t>(id)] = 0;
     }
+    for (int32_t id : generated_) seen_[static_cast<size_t>(id)] = 0;
   }
   if (p_.frequency_penalty != 0.0f || p_.presence_penalty != 0.0f) {
-    for (const auto& [id, n] : counts_) {
+    for (int32_t id : generated_) {
       logits[static_cast<size_t>(id)] -=
-          p_.frequency_penalty * static_cast<float>(n) + p_.presence_penalty;
+          p_.frequency_penalty * static_cast<float>(counts_[static_cast<size_t>(id)]) +
+          p_.presence_penalty;
     }
   }
 }
 
 std::vector<double> Sampler::distribution(std::span<float> logits,
                                           std::span<const int32_t> prompt) const {
+  fill_distribution(logits, prompt);
+  return prob_;
+}
+
+void Sampler::fill_distribution(std::span<float> logits, std::span<const int32_t> prompt) const {
   apply_penalties(logits, prompt);
-  std::vector<double> prob(logits.size(), 0.0);
+  prob_.assign(logits.size(), 0.0);
   if (p_.temperature == 0.0f) {
-    prob[static_cast<size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())] =
+    prob_[static_cast<size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())] =
         1.0;
-    return prob;
+    return;
   }
   // No full sort of the vocabulary: top-k takes the k largest with nth_element, and top-p
   // sorts only as long a prefix of the largest as it needs. Order: larger logit first, lower
@@ -103,8 +120,11 @@ std::vector<double> Sampler::distribution(std::span<float> logits,
     return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
            (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
   };
-  std::vector<int32_t> cand(logits.size());
+  std::vector<int32_t>& cand = cand_;
+  std::vector<double>& prob = raw_;
+  cand.resize(logits.size());
   std::iota(cand.begin(), cand.end(), 0);
+  prob.assign(logits.size(), 0.0);
   if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < cand.size()) {
     std::nth_element(cand.begin(), cand.begin() + p_.top_k, cand.end(), by_logit);
     cand.resize(static_cast<size_t>(p_.top_k));
@@ -147,12 +167,10 @@ std::vector<double> Sampler::distribution(std::span<float> logits,
   // Renormalise what is kept; everything else gets probability 0.
   double kept = 0;
   for (size_t i = 0; i < keep; ++i) kept += prob[static_cast<size_t>(cand[i])];
-  std::vector<double> out(logits.size(), 0.0);
   for (size_t i = 0; i < keep; ++i) {
     const auto id = static_cast<size_t>(cand[i]);
-    out[id] = prob[id] / kept;
+    prob_[id] = prob[id] / kept;
   }
-  return out;
 }
 
 int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt) {
@@ -161,7 +179,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt
     apply_penalties(logits, prompt);
     chosen = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   } else {
-    const std::vector<double> prob = distribution(logits, prompt);
+    fill_distribution(logits, prompt);
+    const std::vector<double>& prob = prob_;
     double u = rng_.uniform();
     chosen = -1;
     for (size_t i = 0; i < prob.size(); ++i) {
@@ -171,7 +190,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> prompt
       u -= prob[i];
     }
   }
-  ++counts_[chosen];
+  if (chosen >= 0 && chosen < vocab_ && counts_[static_cast<size_t>(chosen)]++ == 0)
+    generated_.push_back(chosen);
   return chosen;
 }
 

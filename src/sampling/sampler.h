@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -62,11 +61,19 @@ class Sampler {
 
  private:
   void apply_penalties(std::span<float> logits, std::span<const int32_t> prompt) const;
+  // distribution() into prob_, whose memory is kept: a sampler allocates nothing per token
+  // once its first token is drawn (but for new distinct ids in generated_).
+  void fill_distribution(std::span<float> logits, std::span<const int32_t> prompt) const;
 
   SamplingParams p_;
   int64_t vocab_;
   Rng rng_;
-  std::unordered_map<int32_t, int32_t> counts_;  // generated token -> times
+  std::vector<int32_t> counts_;        // [vocab]: times each token was generated
+  std::vector<int32_t> generated_;     // the distinct generated tokens, first seen first
+  mutable std::vector<uint8_t> seen_;  // [vocab], all zero between calls
+  mutable std::vector<double> prob_;   // [vocab]
+  mutable std::vector<double> raw_;    // [vocab]: before top-p / min-p
+  mutable std::vector<int32_t> cand_;  // [vocab]
 };
 
 }  // namespace whale::sampling

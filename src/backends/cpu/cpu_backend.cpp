@@ -70,10 +70,17 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
 
 namespace {
 
+// Grows v to at least n elements, at least doubling it: a buffer sized by the context (decode
+// attention's) then reallocates a few times per sequence instead of at every token.
+template <class Vector>
+void grow(Vector& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(std::max(static_cast<size_t>(n), 2 * v.size()));
+}
+
 // A buffer per thread that only grows: once warm, it allocates nothing.
 float* thread_scratch(int64_t n) {
   thread_local std::vector<float> buf;
-  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  grow(buf, n);
   return buf.data();
 }
 
@@ -118,8 +125,7 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     // time, each staying in L1 for the next token. Used for every batch size, and a row's sums
     // do not depend on the rows beside it, so a row's result never depends on its batch.
     thread_local std::vector<float> prepared;
-    if (prepared.size() < static_cast<size_t>(t.n * w.cols))
-      prepared.resize(static_cast<size_t>(t.n * w.cols));
+    grow(prepared, t.n * w.cols);
     for (int64_t i = 0; i < t.n; ++i)
       bf16_.prepare(t.x + i * t.ldx, w.cols, prepared.data() + i * w.cols);
     for (int64_t r = r0; r < r1; r += 4) {
@@ -139,8 +145,7 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
     const int64_t stride = prepared_layout(w.cols).bytes;
     thread_local std::vector<uint8_t> prepared;
-    if (prepared.size() < static_cast<size_t>(t.n * stride))
-      prepared.resize(static_cast<size_t>(t.n * stride));
+    grow(prepared, t.n * stride);
     for (int64_t i = 0; i < t.n; ++i)
       prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride, isa_);
     for (int64_t r = r0; r < r1; r += 4) {
@@ -196,7 +201,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   // thread_locals are their own, so they see these through references.
   thread_local std::vector<AmxActivations> caller_amx;
   std::vector<AmxActivations>& amx = caller_amx;
-  if (amx.size() < tasks.size()) amx.resize(tasks.size());
+  grow(amx, std::ssize(tasks));
   auto by_token_blocks = [&](const ops::MatmulTask& t, auto&& prepare) {
     pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
       prepare(b0 * 16, std::min(t.n, b1 * 16));
@@ -243,7 +248,9 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
 
 void CpuBackend::rmsnorm(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, int64_t dim,
                          const ops::Matrix& weight, float eps) const {
-  std::vector<float> w(static_cast<size_t>(dim));
+  thread_local std::vector<float> caller_weight;  // reached by the workers through `w`
+  std::vector<float>& w = caller_weight;
+  grow(w, dim);
   weight.dequantize_row(0, 0, dim, w.data());
   pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -266,18 +273,18 @@ void CpuBackend::rope(float* x, int64_t ld, int64_t head_stride, int64_t n, int6
                       int64_t rope_dim, const int32_t* pos, const float* inv_freq,
                       float amplitude) const {
   pool_.parallel_for(n, [&](int64_t t0, int64_t t1) {
-    std::vector<float> cs(static_cast<size_t>(rope_dim));  // cos, sin interleaved per pair
+    float* cs = thread_scratch(rope_dim);  // cos, sin interleaved per pair
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t i = 0; i < rope_dim / 2; ++i) {
         // Angles in double: positions reach 10^5 and f32 would lose the phase.
         const double angle = double(pos[t]) * double(inv_freq[i]);
-        cs[static_cast<size_t>(2 * i)] = static_cast<float>(std::cos(angle) * amplitude);
-        cs[static_cast<size_t>(2 * i + 1)] = static_cast<float>(std::sin(angle) * amplitude);
+        cs[2 * i] = static_cast<float>(std::cos(angle) * amplitude);
+        cs[2 * i + 1] = static_cast<float>(std::sin(angle) * amplitude);
       }
       for (int64_t h = 0; h < n_heads; ++h) {
         float* p = x + t * ld + h * head_stride;
         for (int64_t i = 0; i < rope_dim; i += 2) {
-          const float c = cs[static_cast<size_t>(i)], s = cs[static_cast<size_t>(i + 1)];
+          const float c = cs[i], s = cs[i + 1];
           const float a = p[i], b = p[i + 1];
           p[i] = a * c - b * s;
           p[i + 1] = b * c + a * s;
@@ -306,8 +313,7 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
   const int64_t part_floats = 2 * kH + a.dv * kH;  // m, l, o_t
   thread_local std::vector<float> caller_parts;
   std::vector<float>& parts = caller_parts;
-  if (parts.size() < static_cast<size_t>(items * part_floats))
-    parts.resize(static_cast<size_t>(items * part_floats));
+  grow(parts, items * part_floats);
   auto visible = [&](int64_t t) { return std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1); };
   pool_.parallel_for(items, [&](int64_t i0, int64_t i1) {
     const int64_t longest = (a.n_kv + splits - 1) / splits + 1;
@@ -375,8 +381,7 @@ void CpuBackend::attention(const ops::AttentionArgs& a) const {
   thread_local std::vector<float> caller_keys;
   std::vector<float>& keys = caller_keys;
   const auto per_head = static_cast<size_t>(key_blocks * 16 * a.dk);
-  if (keys.size() < per_head * static_cast<size_t>(a.kv_heads))
-    keys.resize(per_head * static_cast<size_t>(a.kv_heads));
+  grow(keys, static_cast<int64_t>(per_head) * a.kv_heads);
   const int64_t chunks_per_head = (a.n_kv + 63) / 64;
   pool_.parallel_for(a.kv_heads * chunks_per_head, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
