@@ -119,7 +119,13 @@ int main(int argc, char** argv) {
   // as GB/s of weights streamed.
   for (const char* form : {"bf16", "q8", "q4"}) {
     if (argc > 2 && !decode_only) break;
-    const int64_t rows = 512, cols = 1024;
+    // synth-v3-1b's expert shape, or WHALE_LAB_DECODE_ROWS / _COLS (V3's: 2048 x 7168).
+    auto env_or = [](const char* name, int64_t fallback) {
+      const char* v = std::getenv(name);
+      return v ? std::max<int64_t>(32, std::atoll(v) / 32 * 32) : fallback;
+    };
+    const int64_t rows = env_or("WHALE_LAB_DECODE_ROWS", 512);
+    const int64_t cols = env_or("WHALE_LAB_DECODE_COLS", 1024);
     const int64_t per_matrix = std::string(form) == "bf16" ? rows * cols * 2
                                : std::string(form) == "q8" ? rows * cols * 17 / 16
                                                            : rows * cols * 9 / 16;

@@ -20,7 +20,7 @@ constexpr int64_t kHalf = kQuantBlock / 2;
 // The largest 16-bit activation code: q = round(x / scale), scale = max|x| / kCodeMax.
 constexpr int32_t kCodeMax = 32767;
 // Bytes ahead of the current position that the kernels prefetch (see kBf16Prefetch).
-constexpr int64_t kPrefetch = 4096;
+constexpr int64_t kPrefetch = 16384;
 
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 

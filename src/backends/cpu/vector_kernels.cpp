@@ -80,9 +80,13 @@ void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE
 
 // ---- bf16 rows -------------------------------------------------------------------------------
 
-// Elements ahead of the current position that the bf16 kernels prefetch (8 KB): measured on
-// a 2-core Sapphire Rapids, no prefetch streams at ~19 GB/s, this distance at ~25 of ~27.
-constexpr int64_t kBf16Prefetch = 4096;
+// Elements ahead of the current position that the bf16 kernels prefetch (16 KB; the block
+// kernels prefetch as far). The kernels walk four rows at a time, so the distance must reach
+// past the four: on V3's widths (7,168 columns, 14 KB bf16 rows) 8 KB fell inside them and
+// left products of expert-shaped matrices at 25.0 GB/s (bf16), 25.3 (q8) and 20.2 (q4) where
+// 16 KB gives 28.4, 25.0 and 23.4, 2 threads, the probe's loop 27–30; on synth-v3-1b's
+// 1,024 columns 4–16 KB measured alike. With no prefetch at all they stream at ~19.
+constexpr int64_t kBf16Prefetch = 8192;
 
 
 void prepare_bf16_portable(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
