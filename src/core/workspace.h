@@ -1,7 +1,9 @@
 // Scratch memory for one forward pass, handed out by bumping an offset and given back in
 // stack order. Once a pass of some shape has run, the next pass of that shape (a decode step)
-// allocates nothing: the blocks stay, merged into one. Blocks beyond `retain_bytes` are freed
-// when everything has been given back, so one long prompt does not keep its activations.
+// allocates nothing: the blocks stay, merged into one. They are freed instead, when everything
+// has been given back, if they hold more than `retain_bytes`, so that one very long prompt does
+// not keep its activations. Keeping a prefill's memory pays too: synth-v3-1b's 512-token
+// prefill takes 93 MB, and memory fresh from the system costs a page fault per 4 KB.
 #pragma once
 
 #include <cstddef>
@@ -15,7 +17,7 @@ namespace whale {
 
 class Workspace {
  public:
-  explicit Workspace(size_t retain_bytes = size_t{64} << 20) : retain_bytes_(retain_bytes) {}
+  explicit Workspace(size_t retain_bytes = size_t{1} << 30) : retain_bytes_(retain_bytes) {}
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
 
