@@ -121,18 +121,30 @@ void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scale
     }
     float best = 0;
     if (peak != 0 && finite) {
-      // Scales around peak / 127: the codes at each, and the least-squares scale for those codes;
-      // the one that leaves the least squared error (Σx² − (Σx·l)² / Σl²) wins.
+      // Each element's error weighs rms(x) + |x| (large weights matter more; llama.cpp's k-quants
+      // weigh theirs so when they have no importance data). On whale-mini this lowered q4's KL
+      // against bf16 on every text (Emma 0.00351 → 0.00347, Moby Dick 0.00468 → 0.00449, GPL-3
+      // 0.00437 → 0.00406, random ids 0.00634 → 0.00558), and the finer, wider search below
+      // (25 scales a 127th of the peak apart, where there were 13 two apart) is part of that.
+      double weight[kQuantBlock], wxx = 0;
+      const double rms = std::sqrt(xx / kQuantBlock);
+      for (int64_t i = 0; i < kQuantBlock; ++i) {
+        weight[i] = rms + std::fabs(double(xb[i]));
+        wxx += weight[i] * double(xb[i]) * xb[i];
+      }
+      // Scales around peak / 127: the codes at each, and the weighted least-squares scale for
+      // those codes; the one that leaves the least weighted squared error
+      // (Σw·x² − (Σw·x·l)² / Σw·l²) wins.
       double best_err = INFINITY;
-      for (int step = -4; step <= 8; ++step) {
-        const float inv = (127.0f + 2.0f * static_cast<float>(step)) / peak;
+      for (int step = -8; step <= 16; ++step) {
+        const float inv = (127.0f + static_cast<float>(step)) / peak;
         double xl = 0, ll = 0;
         for (int64_t i = 0; i < kQuantBlock; ++i) {
           const double level = kQ4Levels[nearest(xb[i] * inv)];
-          xl += double(xb[i]) * level;
-          ll += level * level;
+          xl += weight[i] * double(xb[i]) * level;
+          ll += weight[i] * level * level;
         }
-        const double err = xx - xl * xl / ll;
+        const double err = wxx - xl * xl / ll;
         if (err < best_err) {
           best_err = err;
           best = static_cast<float>(xl / ll);
