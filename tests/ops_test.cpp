@@ -294,6 +294,34 @@ TEST_P(CpuOps, MatmulBatchEqualsSeparateProducts) {
   EXPECT_EQ(yd, zd);
 }
 
+// The same for products of many tokens (tiles on AMX), where neighbours with the same
+// activations share one prepared copy of them: the first bf16 pair and the block-format pair do,
+// the bf16 product of other activations and the bf16 / block-format neighbours (they prepare
+// differently) must not.
+TEST_P(CpuOps, MatmulBatchOfManyTokensEqualsSeparateProducts) {
+  constexpr int64_t n = 40, cols = 96;
+  StoredMatrix a = make_matrix(DType::kBF16, 64, cols, 41);
+  StoredMatrix a2 = make_matrix(DType::kBF16, 48, cols, 42);
+  StoredMatrix b = make_block_matrix(ops::WeightFormat::kQ4, 32, cols, 43);
+  StoredMatrix c = make_block_matrix(ops::WeightFormat::kQ8, 16, cols, 44);
+  StoredMatrix d = make_matrix(DType::kBF16, 32, cols, 45);
+  const auto x = random_vector(n * cols, 5), x2 = random_vector(n * cols, 6);
+  std::vector<std::vector<float>> y(5);
+  const StoredMatrix* ws[] = {&a, &a2, &d, &b, &c};
+  const float* xs[] = {x.data(), x.data(), x2.data(), x.data(), x.data()};
+  std::vector<ops::MatmulTask> tasks;
+  for (size_t i = 0; i < 5; ++i) {
+    y[i].assign(static_cast<size_t>(n * ws[i]->m.rows), -1.0f);
+    tasks.push_back({y[i].data(), ws[i]->m.rows, xs[i], cols, n, ws[i]->m});
+  }
+  cpu_.matmul_batch(tasks);
+  for (size_t i = 0; i < 5; ++i) {
+    std::vector<float> alone(y[i].size(), -2.0f);
+    cpu_.matmul(alone.data(), ws[i]->m.rows, xs[i], cols, n, ws[i]->m);
+    EXPECT_EQ(y[i], alone) << "product " << i;
+  }
+}
+
 TEST_P(CpuOps, MatmulHonoursStrides) {
   StoredMatrix w = make_matrix(DType::kBF16, 8, 16, 9);
   const auto x = random_vector(3 * 20, 5);                        // rows of 20, 16 used

@@ -91,9 +91,13 @@ int64_t task_units(const ops::MatmulTask& t) {
   return t.transposed ? (t.w.cols + kColumnBlock - 1) / kColumnBlock : t.w.rows;
 }
 
-// Elements of w one unit reads: the balance weight of a unit.
-int64_t unit_cost(const ops::MatmulTask& t) {
-  return std::max<int64_t>(1, t.transposed ? t.w.rows * kColumnBlock : t.w.cols);
+// The balance weight of a unit: the elements of w it reads, and on tiles as much again per
+// block of 16 tokens (a row's products for one token block take about as long as its read
+// from memory and copy into tile order). Without the products' share, the threads' halves of
+// a prefill's experts differed by their token counts.
+int64_t unit_cost(const ops::MatmulTask& t, bool tiles) {
+  if (t.transposed) return std::max<int64_t>(1, t.w.rows * kColumnBlock);
+  return std::max<int64_t>(1, t.w.cols * (tiles ? 1 + (t.n + 15) / 16 : 1));
 }
 
 }  // namespace
@@ -200,27 +204,57 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   // tokens. The buffers are the caller's: the lambdas run on other threads, whose
   // thread_locals are their own, so they see these through references.
   thread_local std::vector<AmxActivations> caller_amx;
+  thread_local std::vector<int64_t> caller_slot, caller_blocks;
   std::vector<AmxActivations>& amx = caller_amx;
+  std::vector<int64_t>& slot = caller_slot;      // per task: its prepared activations in amx
+  std::vector<int64_t>& blocks = caller_blocks;  // token blocks to prepare before each task's
   grow(amx, std::ssize(tasks));
-  auto by_token_blocks = [&](const ops::MatmulTask& t, auto&& prepare) {
-    pool_.parallel_for((t.n + 15) / 16, [&](int64_t b0, int64_t b1) {
-      prepare(b0 * 16, std::min(t.n, b1 * 16));
-    });
-  };
+  grow(slot, std::ssize(tasks));
+  grow(blocks, std::ssize(tasks) + 1);
+  // A task whose activations are those of the tile task before it (an expert's up after its
+  // gate, kv_a after q_a) shares its prepared copy.
+  int64_t last = -1;
+  blocks[0] = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const ops::MatmulTask& t = tasks[i];
-    if (use_amx(t)) {
-      AmxActivations* a = &amx[i];
-      amx_resize(a, t.n, t.w.cols, /*with_lo=*/t.w.format == ops::WeightFormat::kDense);
-      by_token_blocks(t, [&](int64_t t0, int64_t t1) { amx_prepare(a, t.x, t.ldx, t0, t1); });
+    blocks[i + 1] = blocks[i];
+    slot[i] = -1;
+    if (!use_amx(t)) continue;
+    const bool with_lo = t.w.format == ops::WeightFormat::kDense;
+    if (last >= 0) {
+      const ops::MatmulTask& p = tasks[static_cast<size_t>(last)];
+      const AmxActivations& pa = amx[static_cast<size_t>(slot[static_cast<size_t>(last)])];
+      if (p.x == t.x && p.ldx == t.ldx && p.n == t.n && pa.k == t.w.cols && pa.with_lo == with_lo) {
+        slot[i] = slot[static_cast<size_t>(last)];
+        last = static_cast<int64_t>(i);
+        continue;
+      }
     }
+    slot[i] = static_cast<int64_t>(i);
+    last = static_cast<int64_t>(i);
+    amx_resize(&amx[i], t.n, t.w.cols, with_lo);
+    blocks[i + 1] += (t.n + 15) / 16;
+  }
+  // Every token block of every task to prepare, as one job.
+  if (const int64_t all_blocks = blocks[tasks.size()]; all_blocks > 0) {
+    pool_.parallel_for(all_blocks, [&](int64_t b0, int64_t b1) {
+      size_t i = static_cast<size_t>(std::upper_bound(blocks.begin(), blocks.begin() + std::ssize(tasks) + 1, b0) - blocks.begin() - 1);
+      for (int64_t b = b0; b < b1;) {
+        while (blocks[i + 1] <= b) ++i;
+        const ops::MatmulTask& t = tasks[i];
+        const int64_t end = std::min(b1, blocks[i + 1]);
+        const int64_t first = b - blocks[i];
+        amx_prepare(&amx[i], t.x, t.ldx, first * 16, std::min(t.n, (end - blocks[i]) * 16));
+        b = end;
+      }
+    });
   }
   // Every unit of work (a weight row, or a block of output columns of a transposed product) is
   // weighted by the elements it reads, and each thread takes an equal share of the total: one
   // job per batch however many matrices it holds, and each weight byte read once per call.
   int64_t total = 0;
-  for (const ops::MatmulTask& t : tasks) {
-    if (t.n > 0) total += task_units(t) * unit_cost(t);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (tasks[i].n > 0) total += task_units(tasks[i]) * unit_cost(tasks[i], slot[i] >= 0);
   }
   if (total == 0) return;
   constexpr int64_t kMinCostPerThread = 1 << 14;  // below this, waking a thread costs more
@@ -231,7 +265,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
     for (size_t i = 0; i < tasks.size(); ++i) {
       const ops::MatmulTask& t = tasks[i];
       if (t.n <= 0) continue;
-      const int64_t units = task_units(t), cost = unit_cost(t);
+      const int64_t units = task_units(t), cost = unit_cost(t, slot[i] >= 0);
       // The units that start inside [lo, hi).
       const int64_t u0 = std::clamp<int64_t>((lo - offset + cost - 1) / cost, 0, units);
       const int64_t u1 = std::clamp<int64_t>((hi - offset + cost - 1) / cost, 0, units);
@@ -240,7 +274,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       if (t.transposed) {
         matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
       } else {
-        matmul_rows(t, u0, u1, use_amx(t) ? &amx[i] : nullptr);
+        matmul_rows(t, u0, u1, slot[i] >= 0 ? &amx[static_cast<size_t>(slot[i])] : nullptr);
       }
     }
   });
