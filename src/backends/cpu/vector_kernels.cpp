@@ -326,7 +326,13 @@ using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float,
 using SoftmaxRowFn = void (*)(float*, int64_t, int64_t);
 void softmax_row_generic(float* s, int64_t n, int64_t width) { softmax_row(s, n, width); }
 
-template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic>
+// Scores of two consecutive key blocks at once (kt, and kt + dk · 16): where given, the body
+// takes the blocks in pairs.
+using ScorePairFn = void (*)(const float* const*, const float*, int64_t, float, float* const*,
+                             float* const*);
+
+template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic,
+          ScorePairFn ScorePair = nullptr>
 WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   int64_t most = 0;
   for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
@@ -341,7 +347,15 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
     rows[i] = b.scores + i * width;
     out[i] = real ? b.out[i] : spare;
   }
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  int64_t blk = 0;
+  if constexpr (ScorePair != nullptr) {
+    for (; blk + 2 <= blocks; blk += 2) {
+      float *at[kQ], *next[kQ];
+      for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16, next[i] = at[i] + 16;
+      ScorePair(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at, next);
+    }
+  }
+  for (; blk < blocks; ++blk) {
     float* at[kQ];
     for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
     Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
@@ -593,6 +607,53 @@ __attribute__((target("avx512f,fma"))) void score_block_avx512(const float* cons
   const __m512 s = _mm512_set1_ps(scale);
   for (int i = 0; i < kQ; ++i) _mm512_storeu_ps(out[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), s));
 }
+// score_block_avx512 over two key blocks, four queries at a time: each pair of query broadcasts
+// feeds 4 multiply-adds instead of 2 (the sums, and their order, are score_block_avx512's).
+template <int Q0>
+__attribute__((target("avx512f,fma"))) inline void score_pair_part_avx512(
+    const float* const* q, const float* kt, int64_t dk, float scale, float* const* out,
+    float* const* next) {
+  constexpr int kPart = 4;
+  __m512 even[2][kPart], odd[2][kPart];
+  for (int i = 0; i < kPart; ++i)
+    even[0][i] = odd[0][i] = even[1][i] = odd[1][i] = _mm512_setzero_ps();
+  const float* kt1 = kt + dk * 16;
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    const __m512 a0 = _mm512_loadu_ps(kt + d * 16), a1 = _mm512_loadu_ps(kt + (d + 1) * 16);
+    const __m512 b0 = _mm512_loadu_ps(kt1 + d * 16), b1 = _mm512_loadu_ps(kt1 + (d + 1) * 16);
+    for (int i = 0; i < kPart; ++i) {
+      const __m512 q0 = _mm512_set1_ps(q[Q0 + i][d]), q1 = _mm512_set1_ps(q[Q0 + i][d + 1]);
+      even[0][i] = _mm512_fmadd_ps(q0, a0, even[0][i]);
+      odd[0][i] = _mm512_fmadd_ps(q1, a1, odd[0][i]);
+      even[1][i] = _mm512_fmadd_ps(q0, b0, even[1][i]);
+      odd[1][i] = _mm512_fmadd_ps(q1, b1, odd[1][i]);
+    }
+  }
+  for (; d < dk; ++d) {
+    const __m512 a0 = _mm512_loadu_ps(kt + d * 16), b0 = _mm512_loadu_ps(kt1 + d * 16);
+    for (int i = 0; i < kPart; ++i) {
+      const __m512 q0 = _mm512_set1_ps(q[Q0 + i][d]);
+      even[0][i] = _mm512_fmadd_ps(q0, a0, even[0][i]);
+      even[1][i] = _mm512_fmadd_ps(q0, b0, even[1][i]);
+    }
+  }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int i = 0; i < kPart; ++i) {
+    _mm512_storeu_ps(out[Q0 + i], _mm512_mul_ps(_mm512_add_ps(even[0][i], odd[0][i]), s));
+    _mm512_storeu_ps(next[Q0 + i], _mm512_mul_ps(_mm512_add_ps(even[1][i], odd[1][i]), s));
+  }
+}
+
+__attribute__((target("avx512f,fma"))) void score_pair_avx512(const float* const* q,
+                                                              const float* kt, int64_t dk,
+                                                              float scale, float* const* out,
+                                                              float* const* next) {
+  static_assert(kQ == 8);
+  score_pair_part_avx512<0>(q, kt, dk, scale, out, next);
+  score_pair_part_avx512<4>(q, kt, dk, scale, out, next);
+}
+
 // softmax_row in 16 lanes (the compiler keeps the scalar one's max and sum in order, unvectorised).
 __attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t n, int64_t width) {
   __m512 m = _mm512_set1_ps(-INFINITY);
@@ -621,7 +682,7 @@ __attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t
 }
 
 __attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
-  attention_block_body<score_block_avx512, softmax_row_avx512>(b);
+  attention_block_body<score_block_avx512, softmax_row_avx512, score_pair_avx512>(b);
 }
 
 // transpose_keys with gathers: one 16-key column per instruction.
