@@ -238,7 +238,9 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   // Every token block of every task to prepare, as one job.
   if (const int64_t all_blocks = blocks[tasks.size()]; all_blocks > 0) {
     pool_.parallel_for(all_blocks, [&](int64_t b0, int64_t b1) {
-      size_t i = static_cast<size_t>(std::upper_bound(blocks.begin(), blocks.begin() + std::ssize(tasks) + 1, b0) - blocks.begin() - 1);
+      size_t i = static_cast<size_t>(
+          std::upper_bound(blocks.begin(), blocks.begin() + std::ssize(tasks) + 1, b0) -
+          blocks.begin() - 1);
       for (int64_t b = b0; b < b1;) {
         while (blocks[i + 1] <= b) ++i;
         const ops::MatmulTask& t = tasks[i];

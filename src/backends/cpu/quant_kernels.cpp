@@ -231,7 +231,8 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T0);
       if ((g & 3) == 0)
-        _mm_prefetch(reinterpret_cast<const char*>(scales[i] + g * 4 + kPrefetch / 16), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(scales[i] + g * 4 + kPrefetch / 16),
+                     _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + 64 + kPrefetch),
                    _MM_HINT_T0);
       const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);

@@ -491,7 +491,8 @@ __attribute__((target("avx512f,fma"))) inline void mq_scores_avx512(const MultiQ
     if (R > 1 && d % 16 == 0) {
       // The same line of the next R keys: in a forward pass the cache comes from L3, and
       // the hardware's prefetchers do not follow R interleaved rows far enough ahead.
-      for (int j = 0; j < R; ++j) _mm_prefetch(reinterpret_cast<const char*>(k[j] + R * p.k_row + d), _MM_HINT_T0);
+      for (int j = 0; j < R; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(k[j] + R * p.k_row + d), _MM_HINT_T0);
     }
     const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
     const __m512 q1 = _mm512_loadu_ps(p.q_t + (d + 1) * kMqHeads);
