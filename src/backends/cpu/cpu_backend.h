@@ -6,6 +6,7 @@
 
 #include "backends/cpu/amx_kernels.h"
 #include "backends/cpu/isa.h"
+#include "backends/cpu/attention_kernels.h"
 #include "backends/cpu/vector_kernels.h"
 #include "core/thread_pool.h"
 #include "ops/backend.h"

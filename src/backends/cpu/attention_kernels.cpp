@@ -1,0 +1,449 @@
+#include "backends/cpu/attention_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "backends/cpu/exp_kernels.h"
+#include "backends/cpu/simd.h"
+
+namespace whale::cpu {
+namespace {
+
+// ---- blocks of queries over transposed keys (prefill) -----------------------------------------
+
+// The pieces below are plain loops over fixed-size arrays, always inlined into the per-ISA
+// kernels, where the compiler keeps the arrays in vector registers of that ISA.
+#define WHALE_INLINE inline __attribute__((always_inline))
+
+constexpr int kQ = AttentionBlock::kMaxQueries;
+
+// scores[q][j] = scale · q·k_j for the 16 keys of one transposed block, kQ queries at once
+// (each key vector is loaded once for all of them).
+WHALE_INLINE void score_block(const float* const* q, const float* kt, int64_t dk, float scale,
+                              float* const* out) {
+  // Even and odd dimensions in separate accumulators: independent chains keep both FMA units
+  // busy.
+  float acc[2][kQ][16] = {};
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    for (int e = 0; e < 2; ++e) {
+      for (int i = 0; i < kQ; ++i) {
+        const float qd = q[i][d + e];
+        for (int j = 0; j < 16; ++j) acc[e][i][j] += qd * kt[(d + e) * 16 + j];
+      }
+    }
+  }
+  for (; d < dk; ++d) {
+    for (int i = 0; i < kQ; ++i) {
+      const float qd = q[i][d];
+      for (int j = 0; j < 16; ++j) acc[0][i][j] += qd * kt[d * 16 + j];
+    }
+  }
+  for (int i = 0; i < kQ; ++i) {
+    for (int j = 0; j < 16; ++j) out[i][j] = (acc[0][i][j] + acc[1][i][j]) * scale;
+  }
+}
+
+// o[q][at, at + W) = Σ_j p[q][j] · v_j[at, at + W) over keys j < n, kQ queries at once.
+template <int W>
+WHALE_INLINE void weigh_values(const float* const* p, int64_t n, const float* v, int64_t v_row,
+                               float* const* o, int64_t at) {
+  float acc[kQ][W] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vr = v + j * v_row + at;
+    for (int i = 0; i < kQ; ++i) {
+      const float pj = p[i][j];
+      for (int c = 0; c < W; ++c) acc[i][c] += pj * vr[c];
+    }
+  }
+  for (int i = 0; i < kQ; ++i) {
+    for (int c = 0; c < W; ++c) o[i][at + c] = acc[i][c];
+  }
+}
+
+// Softmax of s[0, n) in place, and zero for s[n, width).
+WHALE_INLINE void softmax_row(float* s, int64_t n, int64_t width) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  float sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = exp_nonpositive(s[j] - m);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  for (int64_t j = n; j < width; ++j) s[j] = 0.0f;
+}
+
+// A block of fewer than kQ queries runs as kQ: the missing ones repeat the first query and
+// write into scratch rows that are thrown away.
+using ScoreBlockFn = void (*)(const float* const*, const float*, int64_t, float, float* const*);
+
+using SoftmaxRowFn = void (*)(float*, int64_t, int64_t);
+void softmax_row_generic(float* s, int64_t n, int64_t width) { softmax_row(s, n, width); }
+
+// Scores of two consecutive key blocks at once (kt, and kt + dk · 16): where given, the body
+// takes the blocks in pairs.
+using ScorePairFn = void (*)(const float* const*, const float*, int64_t, float, float* const*,
+                             float* const*);
+
+template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic,
+          ScorePairFn ScorePair = nullptr>
+WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
+  int64_t most = 0;
+  for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
+  const int64_t blocks = (most + 15) / 16, width = blocks * 16;
+  const float* q[kQ];
+  float* rows[kQ];
+  float* out[kQ];
+  float* spare = b.scores + kQ * width;  // [dv] for the outputs of padding queries
+  for (int i = 0; i < kQ; ++i) {
+    const bool real = i < b.n_q;
+    q[i] = b.q[real ? i : 0];
+    rows[i] = b.scores + i * width;
+    out[i] = real ? b.out[i] : spare;
+  }
+  int64_t blk = 0;
+  if constexpr (ScorePair != nullptr) {
+    for (; blk + 2 <= blocks; blk += 2) {
+      float *at[kQ], *next[kQ];
+      for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16, next[i] = at[i] + 16;
+      ScorePair(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at, next);
+    }
+  }
+  for (; blk < blocks; ++blk) {
+    float* at[kQ];
+    for (int i = 0; i < kQ; ++i) at[i] = rows[i] + blk * 16;
+    Score(q, b.keys_t + blk * b.dk * 16, b.dk, b.scale, at);
+  }
+  for (int i = 0; i < kQ; ++i) Softmax(rows[i], i < b.n_q ? b.visible[i] : 0, width);
+  const float* p[kQ];
+  for (int i = 0; i < kQ; ++i) p[i] = rows[i];
+  // kQ · 32 accumulators: 16 vector registers on AVX-512.
+  int64_t c = 0;
+  for (; c + 32 <= b.dv; c += 32) weigh_values<32>(p, most, b.v, b.v_row, out, c);
+  for (; c + 16 <= b.dv; c += 16) weigh_values<16>(p, most, b.v, b.v_row, out, c);
+  for (; c < b.dv; ++c) weigh_values<1>(p, most, b.v, b.v_row, out, c);
+}
+
+void score_block_generic(const float* const* q, const float* kt, int64_t dk, float scale,
+                         float* const* out) {
+  score_block(q, kt, dk, scale, out);
+}
+
+void attention_portable(const AttentionBlock& b) { attention_block_body<score_block_generic>(b); }
+
+// ---- multi-query attention ---------------------------------------------------------------------
+
+constexpr int kMqHeads = MultiQueryPart::kHeads;
+
+// Scores of keys [s, s + R): acc[j][h] = Σ_d k[s + j][d] · q_t[d][h].
+template <int R>
+WHALE_INLINE void mq_scores(const MultiQueryPart& p, int64_t s, float* out) {
+  float acc[R][kMqHeads] = {};
+  for (int64_t d = 0; d < p.dk; ++d) {
+    const float* qd = p.q_t + d * kMqHeads;
+    for (int j = 0; j < R; ++j) {
+      const float kd = p.k[(s + j) * p.k_row + d];
+      for (int h = 0; h < kMqHeads; ++h) acc[j][h] += kd * qd[h];
+    }
+  }
+  for (int j = 0; j < R; ++j)
+    for (int h = 0; h < kMqHeads; ++h) out[j * kMqHeads + h] = acc[j][h];
+}
+
+// o_t[c, c + W)[h] = Σ_s w[s][h] · v[s][c + ..] over the part's keys.
+template <int W>
+WHALE_INLINE void mq_values(const MultiQueryPart& p, int64_t c) {
+  float acc[W][kMqHeads] = {};
+  for (int64_t s = p.s0; s < p.s1; ++s) {
+    const float* w = p.scores + (s - p.s0) * kMqHeads;
+    const float* vs = p.v + s * p.v_row + c;
+    for (int i = 0; i < W; ++i)
+      for (int h = 0; h < kMqHeads; ++h) acc[i][h] += vs[i] * w[h];
+  }
+  for (int i = 0; i < W; ++i)
+    for (int h = 0; h < kMqHeads; ++h) p.o_t[(c + i) * kMqHeads + h] = acc[i][h];
+}
+
+// Per-head maximum, exponentials in place and their sums.
+WHALE_INLINE void mq_softmax_part(const MultiQueryPart& p) {
+  const int64_t n = p.s1 - p.s0;
+  float m[kMqHeads], l[kMqHeads] = {};
+  for (int h = 0; h < kMqHeads; ++h) m[h] = -INFINITY;
+  for (int64_t s = 0; s < n; ++s)
+    for (int h = 0; h < kMqHeads; ++h) m[h] = std::max(m[h], p.scores[s * kMqHeads + h]);
+  for (int64_t s = 0; s < n; ++s) {
+    for (int h = 0; h < kMqHeads; ++h) {
+      const float e = exp_nonpositive(p.scores[s * kMqHeads + h] - m[h]);
+      p.scores[s * kMqHeads + h] = e;
+      l[h] += e;
+    }
+  }
+  for (int h = 0; h < kMqHeads; ++h) p.m[h] = m[h], p.l[h] = l[h];
+}
+
+template <int R, int W>
+WHALE_INLINE void multi_query_body(const MultiQueryPart& p) {
+  int64_t s = p.s0;
+  for (; s + R <= p.s1; s += R) mq_scores<R>(p, s, p.scores + (s - p.s0) * kMqHeads);
+  for (; s < p.s1; ++s) mq_scores<1>(p, s, p.scores + (s - p.s0) * kMqHeads);
+  mq_softmax_part(p);
+  int64_t c = 0;
+  for (; c + W <= p.dv; c += W) mq_values<W>(p, c);
+  for (; c < p.dv; ++c) mq_values<1>(p, c);
+}
+
+void multi_query_portable(const MultiQueryPart& p) { multi_query_body<4, 4>(p); }
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void multi_query_avx2(const MultiQueryPart& p) {
+  multi_query_body<4, 4>(p);
+}
+
+// In intrinsics: 16 heads fill one register, and every multiply-add takes its broadcast
+// operand straight from memory. Scores take 8 keys at a time (8 row pointers stay in general
+// registers); values go over the keys in chunks that stay in L1 for all the value columns.
+// Scores of keys s..s+R-1 for the 16 heads, one vector per key. Even and odd dimensions in
+// separate accumulators: with R = 12, 24 chains cover the FMA latency, and each pair of query
+// loads feeds 24 multiply-adds.
+template <int R>
+__attribute__((target("avx512f,fma"))) inline void mq_scores_avx512(const MultiQueryPart& p,
+                                                                    int64_t s) {
+  __m512 even[R], odd[R];
+  for (int j = 0; j < R; ++j) even[j] = odd[j] = _mm512_setzero_ps();
+  const float* k[R];
+  for (int j = 0; j < R; ++j) k[j] = p.k + (s + j) * p.k_row;
+  int64_t d = 0;
+  for (; d + 2 <= p.dk; d += 2) {
+    if (R > 1 && d % 16 == 0) {
+      // The same line of the next R keys: in a forward pass the cache comes from L3, and
+      // the hardware's prefetchers do not follow R interleaved rows far enough ahead.
+      for (int j = 0; j < R; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(k[j] + R * p.k_row + d), _MM_HINT_T0);
+    }
+    const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+    const __m512 q1 = _mm512_loadu_ps(p.q_t + (d + 1) * kMqHeads);
+    for (int j = 0; j < R; ++j) {
+      even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+      odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d + 1]), q1, odd[j]);
+    }
+  }
+  if (d < p.dk) {
+    const __m512 q0 = _mm512_loadu_ps(p.q_t + d * kMqHeads);
+    for (int j = 0; j < R; ++j) even[j] = _mm512_fmadd_ps(_mm512_set1_ps(k[j][d]), q0, even[j]);
+  }
+  for (int j = 0; j < R; ++j)
+    _mm512_storeu_ps(p.scores + (s - p.s0 + j) * kMqHeads, _mm512_add_ps(even[j], odd[j]));
+}
+
+__attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryPart& p) {
+  int64_t s = p.s0;
+  for (; s + 12 <= p.s1; s += 12) mq_scores_avx512<12>(p, s);
+  for (; s + 4 <= p.s1; s += 4) mq_scores_avx512<4>(p, s);
+  for (; s < p.s1; ++s) mq_scores_avx512<1>(p, s);
+
+  const int64_t n = p.s1 - p.s0;
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; ++j) m = _mm512_max_ps(m, _mm512_loadu_ps(p.scores + j * kMqHeads));
+  __m512 l = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    float* row = p.scores + j * kMqHeads;
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(row), m));
+    _mm512_storeu_ps(row, e);
+    l = _mm512_add_ps(l, e);
+  }
+  _mm512_storeu_ps(p.m, m);
+  _mm512_storeu_ps(p.l, l);
+
+  constexpr int W = 16;
+  constexpr int64_t kChunk = 32;  // 32 cache rows of values: 36 KB at MLA's width
+  const int64_t dv_vec = p.dv / W * W;
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    const int64_t j1 = std::min(n, j0 + kChunk);
+    for (int64_t c = 0; c < dv_vec; c += W) {
+      __m512 acc[W];
+      for (int i = 0; i < W; ++i)
+        acc[i] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(p.o_t + (c + i) * kMqHeads);
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m512 w = _mm512_loadu_ps(p.scores + j * kMqHeads);
+        const float* vs = p.v + (p.s0 + j) * p.v_row + c;
+        for (int i = 0; i < W; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(vs[i]), w, acc[i]);
+      }
+      for (int i = 0; i < W; ++i) _mm512_storeu_ps(p.o_t + (c + i) * kMqHeads, acc[i]);
+    }
+  }
+  for (int64_t c = dv_vec; c < p.dv; ++c) mq_values<1>(p, c);
+}
+
+__attribute__((target("avx2,fma"))) void score_block_avx2(const float* const* q, const float* kt,
+                                                          int64_t dk, float scale,
+                                                          float* const* out) {
+  score_block(q, kt, dk, scale, out);
+}
+
+__attribute__((target("avx2,fma"))) void attention_avx2(const AttentionBlock& b) {
+  attention_block_body<score_block_avx2>(b);
+}
+
+// The scores in intrinsics: the compiler kept the generic version's accumulators on the stack.
+__attribute__((target("avx512f,fma"))) void score_block_avx512(const float* const* q,
+                                                               const float* kt, int64_t dk,
+                                                               float scale, float* const* out) {
+  __m512 even[kQ], odd[kQ];
+  for (int i = 0; i < kQ; ++i) even[i] = odd[i] = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * 16), k1 = _mm512_loadu_ps(kt + (d + 1) * 16);
+    for (int i = 0; i < kQ; ++i) {
+      even[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, even[i]);
+      odd[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d + 1]), k1, odd[i]);
+    }
+  }
+  for (; d < dk; ++d) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * 16);
+    for (int i = 0; i < kQ; ++i) even[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k0, even[i]);
+  }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int i = 0; i < kQ; ++i)
+    _mm512_storeu_ps(out[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), s));
+}
+// score_block_avx512 over two key blocks, four queries at a time: each pair of query broadcasts
+// feeds 4 multiply-adds instead of 2 (the sums, and their order, are score_block_avx512's).
+template <int Q0>
+__attribute__((target("avx512f,fma"))) inline void score_pair_part_avx512(const float* const* q,
+                                                                          const float* kt,
+                                                                          int64_t dk, float scale,
+                                                                          float* const* out,
+                                                                          float* const* next) {
+  constexpr int kPart = 4;
+  __m512 even[2][kPart], odd[2][kPart];
+  for (int i = 0; i < kPart; ++i)
+    even[0][i] = odd[0][i] = even[1][i] = odd[1][i] = _mm512_setzero_ps();
+  const float* kt1 = kt + dk * 16;
+  int64_t d = 0;
+  for (; d + 2 <= dk; d += 2) {
+    const __m512 a0 = _mm512_loadu_ps(kt + d * 16), a1 = _mm512_loadu_ps(kt + (d + 1) * 16);
+    const __m512 b0 = _mm512_loadu_ps(kt1 + d * 16), b1 = _mm512_loadu_ps(kt1 + (d + 1) * 16);
+    for (int i = 0; i < kPart; ++i) {
+      const __m512 q0 = _mm512_set1_ps(q[Q0 + i][d]), q1 = _mm512_set1_ps(q[Q0 + i][d + 1]);
+      even[0][i] = _mm512_fmadd_ps(q0, a0, even[0][i]);
+      odd[0][i] = _mm512_fmadd_ps(q1, a1, odd[0][i]);
+      even[1][i] = _mm512_fmadd_ps(q0, b0, even[1][i]);
+      odd[1][i] = _mm512_fmadd_ps(q1, b1, odd[1][i]);
+    }
+  }
+  for (; d < dk; ++d) {
+    const __m512 a0 = _mm512_loadu_ps(kt + d * 16), b0 = _mm512_loadu_ps(kt1 + d * 16);
+    for (int i = 0; i < kPart; ++i) {
+      const __m512 q0 = _mm512_set1_ps(q[Q0 + i][d]);
+      even[0][i] = _mm512_fmadd_ps(q0, a0, even[0][i]);
+      even[1][i] = _mm512_fmadd_ps(q0, b0, even[1][i]);
+    }
+  }
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int i = 0; i < kPart; ++i) {
+    _mm512_storeu_ps(out[Q0 + i], _mm512_mul_ps(_mm512_add_ps(even[0][i], odd[0][i]), s));
+    _mm512_storeu_ps(next[Q0 + i], _mm512_mul_ps(_mm512_add_ps(even[1][i], odd[1][i]), s));
+  }
+}
+
+__attribute__((target("avx512f,fma"))) void score_pair_avx512(const float* const* q,
+                                                              const float* kt, int64_t dk,
+                                                              float scale, float* const* out,
+                                                              float* const* next) {
+  static_assert(kQ == 8);
+  score_pair_part_avx512<0>(q, kt, dk, scale, out, next);
+  score_pair_part_avx512<4>(q, kt, dk, scale, out, next);
+}
+
+// softmax_row in 16 lanes (the compiler keeps the scalar one's max and sum in order, unvectorised).
+__attribute__((target("avx512f,fma"))) void softmax_row_avx512(float* s, int64_t n, int64_t width) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+  m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, s + j));
+  const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+  __m512 sum = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= n; j += 16) {
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), max));
+    _mm512_storeu_ps(s + j, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (j < n) {
+    const __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, s + j), max));
+    _mm512_mask_storeu_ps(s + j, tail, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (j = 0; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), inv));
+  if (j < n)
+    _mm512_mask_storeu_ps(s + j, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, s + j), inv));
+  for (j = n; j < width; ++j) s[j] = 0.0f;
+}
+
+__attribute__((target("avx512f,fma"))) void attention_avx512(const AttentionBlock& b) {
+  attention_block_body<score_block_avx512, softmax_row_avx512, score_pair_avx512>(b);
+}
+
+// transpose_keys with gathers: one 16-key column per instruction.
+__attribute__((target("avx512f"))) void transpose_keys_avx512(const float* k, int64_t k_row,
+                                                              int64_t n_kv, int64_t dk,
+                                                              float* out) {
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int32_t>(k_row)));
+  for (int64_t blk = 0; blk * 16 < n_kv; ++blk) {
+    const int64_t here = std::min<int64_t>(16, n_kv - blk * 16);
+    const __mmask16 live = static_cast<__mmask16>((1u << here) - 1);
+    const float* base = k + blk * 16 * k_row;
+    float* dst = out + blk * dk * 16;
+    for (int64_t d = 0; d < dk; ++d) {
+      _mm512_storeu_ps(dst + d * 16,
+                       _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, base + d, 4));
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+void transpose_keys(const float* k, int64_t k_row, int64_t n_kv, int64_t dk, float* out, Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return transpose_keys_avx512(k, k_row, n_kv, dk, out);
+#else
+  (void)isa;
+#endif
+  const int64_t blocks = (n_kv + 15) / 16;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float* dst = out + blk * dk * 16;
+    for (int64_t j = 0; j < 16; ++j) {
+      const int64_t s = blk * 16 + j;
+      if (s < n_kv) {
+        const float* src = k + s * k_row;
+        for (int64_t d = 0; d < dk; ++d) dst[d * 16 + j] = src[d];
+      } else {
+        for (int64_t d = 0; d < dk; ++d) dst[d * 16 + j] = 0.0f;
+      }
+    }
+  }
+}
+
+AttentionBlockFn attention_block_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return attention_avx512;
+  if (isa == Isa::kAvx2) return attention_avx2;
+#endif
+  return attention_portable;
+}
+
+MultiQueryFn multi_query_kernel(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return multi_query_avx512;
+  if (isa == Isa::kAvx2) return multi_query_avx2;
+#endif
+  return multi_query_portable;
+}
+
+}  // namespace whale::cpu
