@@ -113,8 +113,7 @@ TEST_P(DecodeAllocations, StepAllocatesNothingOnceWarm) {
   model::KvCache cache(m->config(), 64);
   std::vector<float> logits;
   auto step = [&](std::span<const int32_t> ids) {
-    const model::BatchItem item{ids, &cache, false};
-    return m->forward_batch(cpu, std::span(&item, 1), &logits).ok();
+    return m->forward(cpu, ids, cache, &logits).ok();
   };
   auto argmax = [&] {
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());

@@ -169,8 +169,7 @@ int run_bench(const BenchArgs& args) {
   model::KvCache cache(c, args.prompt + args.gen);
   std::vector<float> logits;  // reused, like the generator's
   auto step = [&](std::span<const int32_t> ids) {
-    const model::BatchItem item{ids, &cache, false};
-    return m->model->forward_batch(*m->backend, std::span(&item, 1), &logits);
+    return m->model->forward(*m->backend, ids, cache, &logits);
   };
   for (int r = 0; r < args.reps; ++r) {
     cache.clear();

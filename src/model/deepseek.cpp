@@ -35,6 +35,12 @@ Result<std::vector<float>> Model::forward(const ops::Backend& ops, std::span<con
   return forward_batch(ops, std::span(&item, 1), options.attention);
 }
 
+Status Model::forward(const ops::Backend& ops, std::span<const int32_t> ids, KvCache& cache,
+                      std::vector<float>* logits, const ForwardOptions& options) const {
+  const BatchItem item{ids, &cache, options.all_logits};
+  return forward_batch(ops, std::span(&item, 1), logits, options.attention);
+}
+
 Result<std::vector<float>> Model::forward_batch(const ops::Backend& ops,
                                                 std::span<const BatchItem> items,
                                                 AttentionForm attention) const {

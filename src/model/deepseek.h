@@ -45,6 +45,9 @@ class Model {
   // [n_out, vocab_size] in f32, n_out = ids.size() or 1. Checks ids and cache room first.
   Result<std::vector<float>> forward(const ops::Backend& ops, std::span<const int32_t> ids,
                                      KvCache& cache, const ForwardOptions& options = {}) const;
+  // forward into *logits, whose memory is reused (see forward_batch below).
+  Status forward(const ops::Backend& ops, std::span<const int32_t> ids, KvCache& cache,
+                 std::vector<float>* logits, const ForwardOptions& options = {}) const;
   // Several sequences in one pass: every projection and expert runs once over all their rows
   // (weights are read once per step), attention per sequence over its own cache. Returns the
   // logits rows of all items in order ([rows, vocab_size]). Checks every item first; on error

@@ -106,11 +106,7 @@ Result<GenerationResult> Generator::generate(const GenerationRequest& req,
   const auto t0 = clock::now();
   // One logits buffer for the whole request: decode steps reuse its memory.
   std::vector<float> logits;
-  auto step = [&](std::span<const int32_t> ids) {
-    const model::BatchItem item{ids, &cache_, false};
-    return model_.forward_batch(ops_, std::span(&item, 1), &logits);
-  };
-  WHALE_TRY(step(req.prompt));
+  WHALE_TRY(model_.forward(ops_, req.prompt, cache_, &logits));
   const auto t1 = clock::now();
   result.stats.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
 
@@ -141,7 +137,7 @@ Result<GenerationResult> Generator::generate(const GenerationRequest& req,
       break;
     }
     const int32_t id = next;
-    WHALE_TRY(step(std::span(&id, 1)));
+    WHALE_TRY(model_.forward(ops_, std::span(&id, 1), cache_, &logits));
   }
   if (decoder && !stops.stopped()) {
     emit(stops.push(decoder->finish()));

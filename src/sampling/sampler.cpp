@@ -124,7 +124,7 @@ void Sampler::fill_distribution(std::span<float> logits, std::span<const int32_t
   std::vector<double>& prob = raw_;
   cand.resize(logits.size());
   std::iota(cand.begin(), cand.end(), 0);
-  prob.assign(logits.size(), 0.0);
+  prob.resize(logits.size());  // only the candidates' entries are written and read
   if (p_.top_k > 0 && static_cast<size_t>(p_.top_k) < cand.size()) {
     std::nth_element(cand.begin(), cand.begin() + p_.top_k, cand.end(), by_logit);
     cand.resize(static_cast<size_t>(p_.top_k));
