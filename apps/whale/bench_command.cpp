@@ -152,7 +152,7 @@ int run_bench(const BenchArgs& args) {
                    [&] { return cpu::int8_dot_throughput_loop(isa, 2'000'000); });
   const double amx_peak =
       isa == cpu::Isa::kAmx
-          ? measure_peak(*m->pool, args.reps, 262144.0 * 200'000,
+          ? measure_peak(*m->pool, args.reps, 131072.0 * 200'000,
                          [] { return cpu::amx_bf16_throughput_loop(200'000); })
           : 0.0;
   // The ceiling of the kernels prefill uses for this form: with AMX, the bf16 tiles (the block

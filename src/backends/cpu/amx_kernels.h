@@ -47,7 +47,8 @@ void amx_matmul_rows(const AmxActivations& a, const ops::Matrix& w, int64_t r0, 
                      float* y, int64_t ldy);
 
 // Runs `iters` rounds of 8 tile products (16·16·32 multiply-adds each) on tiles in registers and
-// returns a value that depends on them: 262,144·iters FLOPs of pure AMX-BF16 throughput.
+// returns a value that depends on them: 131,072·iters FLOPs (2 per multiply-add) of pure
+// AMX-BF16 throughput.
 float amx_bf16_throughput_loop(int64_t iters);
 
 }  // namespace whale::cpu
