@@ -191,7 +191,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) void amx_matmul_rows(const 
   // matrix would step by the row length, and with power-of-two rows their 16 lines fall into
   // the same few L1 sets and evict each other (measured: about 15% slower).
   const int64_t group_rows = std::max<int64_t>(32, (int64_t{512} << 10) / stride / 32 * 32);
-  thread_local std::vector<uint8_t> packed_buf;
+  thread_local UninitVector<uint8_t> packed_buf;  // 64-byte aligned, as tile loads want
   const auto packed_size = static_cast<size_t>(group_rows * stride);
   if (packed_buf.size() < packed_size) packed_buf.resize(packed_size);
   uint8_t* packed = packed_buf.data();
