@@ -155,7 +155,7 @@ struct RowPointers {
       const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);                                   \
       const __m128 xs = _mm_loadu_ps(x.scales + g * 4);                                           \
       for (int i = 0; i < R; ++i) {                                                               \
-        _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + g * 64 + kPrefetch), _MM_HINT_T0); \
+        _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + g * 64 + kPrefetch), _MM_HINT_T1); \
         if ((g & 7) == 0)                                                                         \
           _mm_prefetch(reinterpret_cast<const char*>(p.scales[i] + g * 4 + kPrefetch / 8),        \
                        _MM_HINT_T0);                                                              \
@@ -229,12 +229,12 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
     const __m512i z1 = _mm512_loadu_si512(x.zero + g * 32 + 16);
     const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
     for (int i = 0; i < R; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T1);
       if ((g & 3) == 0)
         _mm_prefetch(reinterpret_cast<const char*>(scales[i] + g * 4 + kPrefetch / 16),
                      _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + 64 + kPrefetch),
-                   _MM_HINT_T0);
+                   _MM_HINT_T1);
       const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);
       const __m512i v1 = _mm512_loadu_si512(rows[i] + g * kGroup + 64);
       const __m512i d0 = q8_dot_avx512(z0, v0, hi0, lo0);
