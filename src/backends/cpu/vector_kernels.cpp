@@ -78,19 +78,19 @@ void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE
     __attribute__((target("avx512f,fma"))) float fma_avx512(int64_t iters) WHALE_FMA_BODY
 #endif
 
-    // ---- bf16 rows
-    // -------------------------------------------------------------------------------
 
-    // Elements ahead of the current position that the bf16 kernels prefetch (16 KB; the block
-    // kernels prefetch as far). The kernels walk four rows at a time, so the distance must reach
-    // past the four: on V3's widths (7,168 columns, 14 KB bf16 rows) 8 KB fell inside them and
-    // left products of expert-shaped matrices at 25.0 GB/s (bf16), 25.3 (q8) and 20.2 (q4) where
-    // 16 KB gives 28.4, 25.0 and 23.4, 2 threads, the probe's loop 27–30; on synth-v3-1b's
-    // 1,024 columns 4–16 KB measured alike. With no prefetch at all they stream at ~19.
-    // The AVX-512 kernels prefetch into L2 (T1), not L1: an L1 prefetch holds one of the core's few
-    // line-fill buffers while the line is in flight (lab, alternating: bf16 28.1–28.8 -> 30.4–32.9
-    // GB/s, q8 25.0–27.3 -> 28.4–29.6, q4 22.3–24.8 -> 24.1–24.8).
-    constexpr int64_t kBf16Prefetch = 8192;
+// ---- bf16 rows -------------------------------------------------------------------------------
+
+// Elements ahead of the current position that the bf16 kernels prefetch (16 KB; the block
+// kernels prefetch as far). The kernels walk four rows at a time, so the distance must reach
+// past the four: on V3's widths (7,168 columns, 14 KB bf16 rows) 8 KB fell inside them and
+// left products of expert-shaped matrices at 25.0 GB/s (bf16), 25.3 (q8) and 20.2 (q4) where
+// 16 KB gives 28.4, 25.0 and 23.4, 2 threads, the probe's loop 27–30; on synth-v3-1b's
+// 1,024 columns 4–16 KB measured alike. With no prefetch at all they stream at ~19.
+// The AVX-512 kernels prefetch into L2 (T1), not L1: an L1 prefetch holds one of the core's
+// few line-fill buffers while the line is in flight (lab, alternating: bf16 28.1–28.8 ->
+// 30.4–32.9 GB/s, q8 25.0–27.3 -> 28.4–29.6, q4 22.3–24.8 -> 24.1–24.8).
+constexpr int64_t kBf16Prefetch = 8192;
 
 
 void prepare_bf16_portable(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
