@@ -145,8 +145,9 @@ int run_bench(const BenchArgs& args) {
   if (bandwidth <= 0) {
     return report("bench", make_error("cannot allocate the 1 GiB buffer that measures memory bandwidth"));
   }
-  const double fma_peak = measure_peak(*m->pool, args.reps, 512.0 * 2'000'000,
-                                       [&] { return cpu::fma_throughput_loop(isa, 2'000'000); });
+  const double fma_peak =
+      measure_peak(*m->pool, args.reps, double(cpu::fma_flops_per_iter(isa)) * 2'000'000,
+                   [&] { return cpu::fma_throughput_loop(isa, 2'000'000); });
   const double int8_peak =
       measure_peak(*m->pool, args.reps, double(cpu::int8_dot_ops_per_iter(isa)) * 2'000'000,
                    [&] { return cpu::int8_dot_throughput_loop(isa, 2'000'000); });

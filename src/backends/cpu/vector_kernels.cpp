@@ -56,30 +56,37 @@ void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BO
 __attribute__((target("avx512f,fma")))
 void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 #endif
-// clang-format on
+    // clang-format on
 
-// 16 accumulators of 16 lanes: enough independent chains to keep both FMA ports busy.
-#define WHALE_FMA_BODY                                       \
-  {                                                          \
-    float acc[256];                                          \
-    for (int j = 0; j < 256; ++j) acc[j] = 1.0f + j * 1e-3f; \
-    const float a = 0.999999f, b = 1e-7f;                    \
-    for (int64_t i = 0; i < iters; ++i) {                    \
-      for (int j = 0; j < 256; ++j) acc[j] = acc[j] * a + b; \
-    }                                                        \
-    float s = 0;                                             \
-    for (int j = 0; j < 256; ++j) s += acc[j];               \
-    return s;                                                \
+    // Independent multiply-add chains, as many as the registers hold with room for the constants
+    // (more, and the compiler keeps them on the stack, and the loop times the stores instead): 16
+    // of 16 lanes for AVX-512 (32 registers), 12 of 8 for AVX2 and 12 of 4 for SSE2 (16 registers).
+    // Enough to keep two FMA ports busy through the multiply-add's latency.
+    constexpr int kFmaPortable = 48,
+                  kFmaAvx2 = 96, kFmaAvx512 = 256;
+template <int N>
+inline __attribute__((always_inline)) float fma_chains(int64_t iters) {
+  float acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = 1.0f + static_cast<float>(j) * 1e-3f;
+  const float a = 0.999999f, b = 1e-7f;
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int j = 0; j < N; ++j) acc[j] = acc[j] * a + b;
   }
-
-    float fma_portable(int64_t iters) WHALE_FMA_BODY
+  float s = 0;
+  for (int j = 0; j < N; ++j) s += acc[j];
+  return s;
+}
+float fma_portable(int64_t iters) { return fma_chains<kFmaPortable>(iters); }
 #if defined(__x86_64__)
-    __attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) WHALE_FMA_BODY
-    __attribute__((target("avx512f,fma"))) float fma_avx512(int64_t iters) WHALE_FMA_BODY
+__attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
+  return fma_chains<kFmaAvx2>(iters);
+}
+__attribute__((target("avx512f,fma"))) float fma_avx512(int64_t iters) {
+  return fma_chains<kFmaAvx512>(iters);
+}
 #endif
 
-
-// ---- bf16 rows -------------------------------------------------------------------------------
+// ---- bf16 rows ------------------------------------------------------------------------------
 
 // Elements ahead of the current position that the bf16 kernels prefetch (16 KB; the block
 // kernels prefetch as far). The kernels walk four rows at a time, so the distance must reach
@@ -91,7 +98,6 @@ void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE
 // few line-fill buffers while the line is in flight (lab, alternating: bf16 28.1–28.8 ->
 // 30.4–32.9 GB/s, q8 25.0–27.3 -> 28.4–29.6, q4 22.3–24.8 -> 24.1–24.8).
 constexpr int64_t kBf16Prefetch = 8192;
-
 
 void prepare_bf16_portable(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
 
@@ -275,6 +281,15 @@ __attribute__((target("avx2,fma"))) void swiglu_avx2(float* y, const float* g, c
 #endif
 
 }  // namespace
+
+int64_t fma_flops_per_iter(Isa isa) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return 2 * kFmaAvx512;
+  if (isa == Isa::kAvx2) return 2 * kFmaAvx2;
+#endif
+  (void)isa;
+  return 2 * kFmaPortable;
+}
 
 float fma_throughput_loop(Isa isa, int64_t iters) {
 #if defined(__x86_64__)

@@ -28,10 +28,11 @@ Bf16RowsKernel bf16_rows_kernel(Isa isa);
 // them: the memory read bandwidth probe of `whale bench`.
 uint64_t read_bytes_loop(Isa isa, const void* p, int64_t n);
 
-// Runs `iters` rounds of 256 independent f32 multiply-adds in registers and returns a value
-// that depends on them (so they are not optimised away): 512·iters FLOPs of pure FMA
-// throughput, the ceiling of f32 matmul kernels on one core.
+// Runs `iters` rounds of independent f32 multiply-adds in registers and returns a value that
+// depends on them (so they are not optimised away): fma_flops_per_iter(isa)·iters FLOPs of pure
+// FMA throughput, the ceiling of f32 matmul kernels on one core.
 float fma_throughput_loop(Isa isa, int64_t iters);
+int64_t fma_flops_per_iter(Isa isa);
 AxpyFn axpy_kernel(Isa isa);
 // y[i] += alpha · bf16(w[i]) (w at any 2-byte alignment).
 using AxpyBf16Fn = void (*)(float*, const uint16_t*, float, int64_t);
