@@ -380,29 +380,41 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
       multi_query_(p);
     }
   });
-  pool_.parallel_for(pairs, [&](int64_t p0, int64_t p1) {
-    for (int64_t pair = p0; pair < p1; ++pair) {
+  // The parts combined, per (pair, range of value columns), so that a lone query's combination
+  // is shared by the threads too. Loops over the block's heads innermost: the parts hold each
+  // value column's heads side by side (written head by head, one column at a time, this took
+  // 1.8% of q4 decode's time at 512 tokens, on one thread).
+  const int64_t column_chunks = std::min<int64_t>(pool_.size(), (a.dv + 63) / 64);
+  pool_.parallel_for(pairs * column_chunks, [&](int64_t i0, int64_t i1) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t pair = item / column_chunks, chunk = item % column_chunks;
       const int64_t t = pair / head_blocks, h0 = pair % head_blocks * kH;
+      const int64_t heads = std::min(kH, a.n_heads - h0);
+      const int64_t c0 = a.dv * chunk / column_chunks, c1 = a.dv * (chunk + 1) / column_chunks;
       const float* first = parts.data() + pair * splits * part_floats;
-      for (int64_t h = 0; h < std::min(kH, a.n_heads - h0); ++h) {
-        float m = -INFINITY;
+      float m[kH], l[kH] = {}, weight[kMaxSplits][kH];
+      for (int64_t h = 0; h < kH; ++h) m[h] = -INFINITY;
+      for (int64_t s = 0; s < splits; ++s) {
+        const float* part = first + s * part_floats;
+        for (int64_t h = 0; h < kH; ++h) {
+          if (part[kH + h] > 0) m[h] = std::max(m[h], part[h]);
+        }
+      }
+      for (int64_t s = 0; s < splits; ++s) {
+        const float* part = first + s * part_floats;
+        for (int64_t h = 0; h < kH; ++h) {
+          weight[s][h] = part[kH + h] > 0 ? std::exp(part[h] - m[h]) : 0.0f;
+          l[h] += weight[s][h] * part[kH + h];
+        }
+      }
+      for (int64_t c = c0; c < c1; ++c) {
+        float sum[kH] = {};
         for (int64_t s = 0; s < splits; ++s) {
-          const float* part = first + s * part_floats;
-          if (part[kH + h] > 0) m = std::max(m, part[h]);
+          const float* o_t = first + s * part_floats + 2 * kH + c * kH;
+          for (int64_t h = 0; h < kH; ++h) sum[h] += weight[s][h] * o_t[h];
         }
-        float weight[kMaxSplits], l = 0;
-        for (int64_t s = 0; s < splits; ++s) {
-          const float* part = first + s * part_floats;
-          weight[s] = part[kH + h] > 0 ? std::exp(part[h] - m) : 0.0f;
-          l += weight[s] * part[kH + h];
-        }
-        float* o = a.out + t * a.out_row + (h0 + h) * a.out_head;
-        for (int64_t c = 0; c < a.dv; ++c) {
-          float sum = 0;
-          for (int64_t s = 0; s < splits; ++s)
-            sum += weight[s] * first[s * part_floats + 2 * kH + c * kH + h];
-          o[c] = sum / l;
-        }
+        float* o = a.out + t * a.out_row + h0 * a.out_head + c;
+        for (int64_t h = 0; h < heads; ++h) o[h * a.out_head] = sum[h] / l[h];
       }
     }
   });
