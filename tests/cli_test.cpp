@@ -148,9 +148,9 @@ TEST(Cli, BenchReportsSpeedsAgainstMeasuredLimits) {
             0)
       << out;
   const auto j = nlohmann::json::parse(out);
-  for (const char* key :
-       {"prefill_tps", "decode_tps", "decode_bytes_per_token", "bandwidth_gbs", "fma_peak_gflops",
-        "decode_fraction_of_limit", "prefill_fraction_of_limit", "peak_rss_bytes"}) {
+  for (const char* key : {"prefill_tps", "decode_tps", "decode_bytes_per_token", "bandwidth_gbs",
+                          "fma_peak_gflops", "int8_dot_peak_gops", "decode_fraction_of_limit",
+                          "prefill_fraction_of_limit", "peak_rss_bytes"}) {
     ASSERT_TRUE(j.contains(key)) << key;
     EXPECT_GT(j[key].get<double>(), 0) << key;
   }
