@@ -156,6 +156,8 @@ int run_bench(const BenchArgs& args) {
       weight_form(last.moe ? last.experts.experts[0].gate : last.dense.gate);
 
   const cpu::Isa isa = m->backend->isa();
+  struct rusage before_probe {};
+  getrusage(RUSAGE_SELF, &before_probe);  // loading's high-water mark
   BandwidthProbe probe(*m->pool, isa);
   if (!probe.ok()) {
     return report("bench", make_error("cannot allocate the 1 GiB buffer that measures memory bandwidth"));
@@ -209,9 +211,10 @@ int run_bench(const BenchArgs& args) {
   }
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
-  // The probe's buffer was resident from before the first forward pass to here: the high-water
-  // mark less the buffer is the engine's own.
-  const double peak_rss = std::max(0.0, double(usage.ru_maxrss) * 1024 - double(probe.bytes()));
+  // The probe's buffer was resident from before the first forward pass to here: since then the
+  // high-water mark less the buffer is the engine's own; before it, loading's.
+  const double peak_rss = std::max(double(before_probe.ru_maxrss) * 1024,
+                                   double(usage.ru_maxrss) * 1024 - double(probe.bytes()));
 
   const double decode = median(decode_tps), prefill = median(prefill_tps);
   const double decode_limit = bandwidth * 1e9 / bytes_per_token;
