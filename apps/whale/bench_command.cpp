@@ -46,10 +46,9 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Memory read bandwidth with every thread: each sums its share of a buffer far larger than the
-// caches with the widest loads the machine has.
-// The memory read bandwidth probe: all threads reading a 1 GiB buffer with the probe's loop.
-// It is read once before the measured passes (that warms up the page tables).
+// The memory read bandwidth probe: every thread sums its share of a 1 GiB buffer, far larger
+// than the caches, with the widest loads the machine has. The buffer is read once before the
+// measured passes (that warms up the page tables).
 class BandwidthProbe {
  public:
   BandwidthProbe(ThreadPool& pool, cpu::Isa isa)

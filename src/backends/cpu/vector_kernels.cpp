@@ -56,14 +56,14 @@ void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BO
 __attribute__((target("avx512f,fma")))
 void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 #endif
-    // clang-format on
 
-    // Independent multiply-add chains, as many as the registers hold with room for the constants
-    // (more, and the compiler keeps them on the stack, and the loop times the stores instead): 16
-    // of 16 lanes for AVX-512 (32 registers), 12 of 8 for AVX2 and 12 of 4 for SSE2 (16 registers).
-    // Enough to keep two FMA ports busy through the multiply-add's latency.
-    constexpr int kFmaPortable = 48,
-                  kFmaAvx2 = 96, kFmaAvx512 = 256;
+// Independent multiply-add chains, as many as the registers hold with room for the constants
+// (more, and the compiler keeps them on the stack, and the loop times the stores instead): 16 of
+// 16 lanes for AVX-512 (32 registers), 12 of 8 for AVX2 and 12 of 4 for SSE2 (16 registers).
+// Enough to keep two FMA ports busy through the multiply-add's latency.
+constexpr int kFmaPortable = 48, kFmaAvx2 = 96, kFmaAvx512 = 256;
+// clang-format on
+
 template <int N>
 inline __attribute__((always_inline)) float fma_chains(int64_t iters) {
   float acc[N];
