@@ -86,6 +86,9 @@ float* thread_scratch(int64_t n) {
 
 // Output columns of a transposed product handed out together.
 constexpr int64_t kColumnBlock = 16;
+// Prepared activations of a chunk of tokens that the vector kernels keep in L2 while they
+// walk the rows over them.
+constexpr int64_t kTokenChunkBytes = 256 * 1024;
 
 int64_t task_units(const ops::MatmulTask& t) {
   return t.transposed ? (t.w.cols + kColumnBlock - 1) / kColumnBlock : t.w.rows;
@@ -93,11 +96,13 @@ int64_t task_units(const ops::MatmulTask& t) {
 
 // The balance weight of a unit: the elements of w it reads, and on tiles as much again per
 // block of 16 tokens (a row's products for one token block take about as long as its read
-// from memory and copy into tile order). Without the products' share, the threads' halves of
-// a prefill's experts differed by their token counts.
+// from memory and copy into tile order); in the vector kernels, that per block of four tokens
+// beyond the first. Without the products' share, the threads' halves of a prefill's experts
+// differed by their token counts.
 int64_t unit_cost(const ops::MatmulTask& t, bool tiles) {
   if (t.transposed) return std::max<int64_t>(1, t.w.rows * kColumnBlock);
-  return std::max<int64_t>(1, t.w.cols * (tiles ? 1 + (t.n + 15) / 16 : 1));
+  const int64_t blocks = tiles ? 1 + (t.n + 15) / 16 : std::max<int64_t>(1, (t.n + 3) / 4);
+  return std::max<int64_t>(1, t.w.cols * blocks);
 }
 
 }  // namespace
@@ -125,20 +130,23 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     if (r0 == r1) return;
   }
   if (w.dtype == DType::kBF16) {
-    // Multiplied straight from the stored bf16 rows (widened in registers), four rows at a
-    // time, each staying in L1 for the next token. Used for every batch size, and a row's sums
-    // do not depend on the rows beside it, so a row's result never depends on its batch.
+    // Multiplied straight from the stored bf16 rows (widened in registers), four rows by up to
+    // four tokens at a time. Tokens go in chunks whose prepared activations stay in L2 while
+    // every row of the range passes over them, the rows staying in L1 for the whole chunk. A
+    // sum does not depend on the rows or tokens beside it, so a row's result never depends on
+    // its batch.
     thread_local std::vector<float> prepared;
     grow(prepared, t.n * w.cols);
     for (int64_t i = 0; i < t.n; ++i)
       bf16_.prepare(t.x + i * t.ldx, w.cols, prepared.data() + i * w.cols);
-    for (int64_t r = r0; r < r1; r += 4) {
-      const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
-      const auto* row = static_cast<const uint16_t*>(w.data) + r * w.cols;
-      float sums[4];
-      for (int64_t i = 0; i < t.n; ++i) {
-        bf16_.dot_rows(prepared.data() + i * w.cols, row, w.cols, rows, w.cols, sums);
-        std::copy_n(sums, rows, t.y + i * t.ldy + r);
+    const int64_t chunk = std::max<int64_t>(4, kTokenChunkBytes / (4 * w.cols) / 4 * 4);
+    for (int64_t i0 = 0; i0 < t.n; i0 += chunk) {
+      const int tokens = static_cast<int>(std::min(chunk, t.n - i0));
+      for (int64_t r = r0; r < r1; r += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
+        bf16_.dot_rows(prepared.data() + i0 * w.cols, w.cols, tokens,
+                       static_cast<const uint16_t*>(w.data) + r * w.cols, w.cols, rows, w.cols,
+                       t.y + i0 * t.ldy + r, t.ldy);
       }
     }
     return;

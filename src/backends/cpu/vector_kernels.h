@@ -12,15 +12,18 @@ using AxpyFn = void (*)(float*, const float*, float, int64_t);
 
 DotFn dot_kernel(Isa isa);
 
-// Up to four bf16 matrix rows times one f32 vector. The vector is first put in the kernel's
-// order (prepare, once per product and token), so that the inner loop widens bf16 with a single
-// shift or mask and needs no shuffles; rows are read once, with software prefetch ahead of the
-// stream, which the hardware prefetcher alone does not keep full.
+// Up to four bf16 matrix rows times f32 vectors (tokens). The vectors are first put in the
+// kernel's order (prepare, once per product and token), so that the inner loop widens bf16 with
+// a single shift or mask and needs no shuffles; rows are read with software prefetch ahead of
+// the stream, which the hardware prefetcher alone does not keep full, and widened once for a
+// tile of tokens.
 struct Bf16RowsKernel {
   // out[0, n) = x[0, n) in kernel order.
   void (*prepare)(const float* x, int64_t n, float* out);
-  // out[r] = Σ_i x[i]·w[r·ld + i] for r < rows (1..4); xp as prepared.
-  void (*dot_rows)(const float* xp, const uint16_t* w, int64_t ld, int rows, int64_t n, float* out);
+  // out[t·ldo + r] = Σ_i x_t[i]·w[r·ld + i] for r < rows (1..4) and t < tokens, x_t at
+  // xp + t·ldx as prepared. Each sum is the same whatever `rows` and `tokens` are.
+  void (*dot_rows)(const float* xp, int64_t ldx, int tokens, const uint16_t* w, int64_t ld,
+                   int rows, int64_t n, float* out, int64_t ldo);
 };
 Bf16RowsKernel bf16_rows_kernel(Isa isa);
 
