@@ -577,8 +577,8 @@ TEST(BlockFormats, Q4KernelWithAndWithoutVbmiMatchesReference) {
     for (int step = 1; step <= 4; ++step) {
       std::vector<float> got(rows);
       for (int64_t r = 0; r < rows; r += step) {
-        kernel(prepared.data(), w.m, r, static_cast<int>(std::min<int64_t>(step, rows - r)),
-               got.data() + r);
+        kernel(prepared.data(), 0, 1, w.m, r, static_cast<int>(std::min<int64_t>(step, rows - r)),
+               got.data() + r, 0);
       }
       SCOPED_TRACE("vbmi " + std::to_string(vbmi) + " step " + std::to_string(step));
       expect_block_product_close(got, want, w.m, x.data(), cols, 1, rows, false);

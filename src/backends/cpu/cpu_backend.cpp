@@ -153,19 +153,19 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
   }
   if (w.format != ops::WeightFormat::kDense) {
     // Each token's activations are rounded to 16-bit block codes once, then multiplied with four
-    // rows of codes at a time.
+    // rows of codes by up to two tokens at a time, tokens in chunks that stay in L2.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
     const int64_t stride = prepared_layout(w.cols).bytes;
     thread_local std::vector<uint8_t> prepared;
     grow(prepared, t.n * stride);
     for (int64_t i = 0; i < t.n; ++i)
       prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride, isa_);
-    for (int64_t r = r0; r < r1; r += 4) {
-      const int rows = static_cast<int>(std::min<int64_t>(4, r1 - r));
-      float sums[4];
-      for (int64_t i = 0; i < t.n; ++i) {
-        rows_kernel(prepared.data() + i * stride, w, r, rows, sums);
-        std::copy_n(sums, rows, t.y + i * t.ldy + r);
+    const int64_t chunk = std::max<int64_t>(2, kTokenChunkBytes / stride / 4 * 4);
+    for (int64_t i0 = 0; i0 < t.n; i0 += chunk) {
+      const int tokens = static_cast<int>(std::min(chunk, t.n - i0));
+      for (int64_t r = r0; r < r1; r += 4) {
+        rows_kernel(prepared.data() + i0 * stride, stride, tokens, w, r,
+                    static_cast<int>(std::min<int64_t>(4, r1 - r)), t.y + i0 * t.ldy + r, t.ldy);
       }
     }
     return;

@@ -90,14 +90,22 @@ float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
   return acc;
 }
 
-void q8_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {
-  const Prepared x = view(xp, w.cols);
-  for (int i = 0; i < rows; ++i) out[i] = q8_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+void q8_rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r,
+                      int rows, float* out, int64_t ldo) {
+  for (int t = 0; t < tokens; ++t) {
+    const Prepared x = view(xp + t * ldx, w.cols);
+    for (int i = 0; i < rows; ++i)
+      out[t * ldo + i] = q8_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+  }
 }
 
-void q4_rows_portable(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {
-  const Prepared x = view(xp, w.cols);
-  for (int i = 0; i < rows; ++i) out[i] = q4_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+void q4_rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r,
+                      int rows, float* out, int64_t ldo) {
+  for (int t = 0; t < tokens; ++t) {
+    const Prepared x = view(xp + t * ldx, w.cols);
+    for (int i = 0; i < rows; ++i)
+      out[t * ldo + i] = q4_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+  }
 }
 
 #if defined(__x86_64__)
@@ -135,25 +143,34 @@ struct RowPointers {
 // and looked up (one byte shuffle each) as their level + 128, an unsigned byte; flipping the top
 // bit gives the signed level. The activations are prepared in that order. VNNI lane l then holds
 // block l / 4, so the four block scales are spread over lanes with one permute.
-// The body of both versions, LOOKUP(v) setting first and second (biased levels) from the bytes v.
+// The body of both versions, LOOKUP(v) setting first and second (biased levels) from the bytes v:
+// R rows by T tokens, each row's codes looked up once for all T. A pair's sums run in the same
+// order whatever R and T are, so a result never depends on its neighbours.
 #define WHALE_Q4_ROWS_AVX512_BODY(LOOKUP)                                                         \
   {                                                                                               \
-    const Prepared x = view(xp, w.cols);                                                          \
+    Prepared x[T];                                                                                \
+    for (int t = 0; t < T; ++t) x[t] = view(xp + t * ldx, w.cols);                                \
     const int64_t groups = w.cols / kGroup;                                                       \
     const RowPointers<R> p(w, r);                                                                 \
-    __m512 acc[R];                                                                                \
-    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();                                     \
+    __m512 acc[R][T];                                                                             \
+    for (int i = 0; i < R; ++i) {                                                                 \
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();                                \
+    }                                                                                             \
     const __m512i nibble = _mm512_set1_epi8(0x0F);                                                \
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));                               \
     const __m512i levels = q4_levels_biased_512();                                                \
     const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);      \
     for (int64_t g = 0; g < groups; ++g) {                                                        \
-      const __m512i hi0 = _mm512_loadu_si512(x.hi + g * kGroup);                                  \
-      const __m512i hi1 = _mm512_loadu_si512(x.hi + g * kGroup + 64);                             \
-      const __m512i lo0 = _mm512_loadu_si512(x.lo + g * kGroup);                                  \
-      const __m512i lo1 = _mm512_loadu_si512(x.lo + g * kGroup + 64);                             \
-      const __m512i zero = _mm512_loadu_si512(x.zero + g * 32);                                   \
-      const __m128 xs = _mm_loadu_ps(x.scales + g * 4);                                           \
+      __m512i hi0[T], hi1[T], lo0[T], lo1[T], zero[T];                                            \
+      __m128 xs[T];                                                                               \
+      for (int t = 0; t < T; ++t) {                                                               \
+        hi0[t] = _mm512_loadu_si512(x[t].hi + g * kGroup);                                        \
+        hi1[t] = _mm512_loadu_si512(x[t].hi + g * kGroup + 64);                                   \
+        lo0[t] = _mm512_loadu_si512(x[t].lo + g * kGroup);                                        \
+        lo1[t] = _mm512_loadu_si512(x[t].lo + g * kGroup + 64);                                   \
+        zero[t] = _mm512_loadu_si512(x[t].zero + g * 32);                                         \
+        xs[t] = _mm_loadu_ps(x[t].scales + g * 4);                                                \
+      }                                                                                           \
       for (int i = 0; i < R; ++i) {                                                               \
         _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + g * 64 + kPrefetch), _MM_HINT_T1); \
         if ((g & 7) == 0)                                                                         \
@@ -162,21 +179,29 @@ struct RowPointers {
         const __m512i v = _mm512_loadu_si512(p.data[i] + g * 64);                                 \
         __m512i first, second;                                                                    \
         LOOKUP(v)                                                                                 \
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, first, hi0), second, hi1);    \
-        dot = _mm512_slli_epi32(dot, 8);                                                          \
-        dot = _mm512_dpbusd_epi32(dot, lo0, _mm512_xor_si512(first, flip));                       \
-        dot = _mm512_dpbusd_epi32(dot, lo1, _mm512_xor_si512(second, flip));                      \
+        const __m512i first_signed = _mm512_xor_si512(first, flip);                               \
+        const __m512i second_signed = _mm512_xor_si512(second, flip);                             \
         const __m128 ws =                                                                         \
             _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.scales[i] + g * 4))); \
-        const __m512 s =                                                                          \
-            _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs)));            \
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);                             \
+        for (int t = 0; t < T; ++t) {                                                             \
+          __m512i dot =                                                                           \
+              _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero[t], first, hi0[t]), second, hi1[t]);   \
+          dot = _mm512_slli_epi32(dot, 8);                                                        \
+          dot = _mm512_dpbusd_epi32(dot, lo0[t], first_signed);                                   \
+          dot = _mm512_dpbusd_epi32(dot, lo1[t], second_signed);                                  \
+          const __m512 s =                                                                        \
+              _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs[t])));       \
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i][t]);                     \
+        }                                                                                         \
       }                                                                                           \
     }                                                                                             \
     const bool tail = groups * 4 < w.cols / kQuantBlock;                                          \
     for (int i = 0; i < R; ++i) {                                                                 \
-      out[i] = _mm512_reduce_add_ps(acc[i]);                                                      \
-      if (tail) out[i] += q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);               \
+      for (int t = 0; t < T; ++t) {                                                               \
+        float sum = _mm512_reduce_add_ps(acc[i][t]);                                              \
+        if (tail) sum += q4_blocks(x[t], w, r + i, groups * 4, w.cols / kQuantBlock);             \
+        out[t * ldo + i] = sum;                                                                   \
+      }                                                                                           \
     }                                                                                             \
   }
 #define WHALE_Q4_LOOKUP_SHUFFLE(v)                                  \
@@ -189,13 +214,16 @@ struct RowPointers {
   first = _mm512_permutexvar_epi8(v, levels); \
   second = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), levels);
 
-template <int R>
-__attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp, const Matrix& w,
-                                                               int64_t r, float* out)
-    WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_SHUFFLE) template <int R>
-    __attribute__((target(WHALE_AVX512_VNNI ",avx512vbmi"))) void q4_rows_avx512_vbmi(
-        const uint8_t* xp, const Matrix& w, int64_t r, float* out)
-        WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_VBMI)
+// clang-format off
+template <int R, int T>
+__attribute__((target(WHALE_AVX512_VNNI)))
+void q4_tile_avx512(const uint8_t* xp, int64_t ldx, const Matrix& w, int64_t r, float* out,
+                    int64_t ldo) WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_SHUFFLE)
+template <int R, int T>
+__attribute__((target(WHALE_AVX512_VNNI ",avx512vbmi")))
+void q4_tile_avx512_vbmi(const uint8_t* xp, int64_t ldx, const Matrix& w, int64_t r, float* out,
+                         int64_t ldo) WHALE_Q4_ROWS_AVX512_BODY(WHALE_Q4_LOOKUP_VBMI)
+// clang-format on
 #undef WHALE_Q4_LOOKUP_VBMI
 #undef WHALE_Q4_LOOKUP_SHUFFLE
 #undef WHALE_Q4_ROWS_AVX512_BODY
@@ -208,26 +236,35 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q4_rows_avx512(const uint8_t* xp
   return _mm512_dpbusd_epi32(_mm512_slli_epi32(d, 8), lo, v);
 }
 
-template <int R>
-__attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp, const Matrix& w,
-                                                               int64_t r, float* out) {
-  const Prepared x = view(xp, w.cols);
+// R rows by T tokens, as the q4 kernel.
+template <int R, int T>
+__attribute__((target(WHALE_AVX512_VNNI))) void q8_tile_avx512(const uint8_t* xp, int64_t ldx,
+                                                               const Matrix& w, int64_t r,
+                                                               float* out, int64_t ldo) {
+  Prepared x[T];
+  for (int t = 0; t < T; ++t) x[t] = view(xp + t * ldx, w.cols);
   const int64_t groups = w.cols / kGroup;
   const RowPointers<R> p(w, r);
   const uint8_t* const* rows = p.data;
   const uint16_t* const* scales = p.scales;
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
   const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i second = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
   for (int64_t g = 0; g < groups; ++g) {
-    const __m512i hi0 = _mm512_loadu_si512(x.hi + g * kGroup);
-    const __m512i hi1 = _mm512_loadu_si512(x.hi + g * kGroup + 64);
-    const __m512i lo0 = _mm512_loadu_si512(x.lo + g * kGroup);
-    const __m512i lo1 = _mm512_loadu_si512(x.lo + g * kGroup + 64);
-    const __m512i z0 = _mm512_loadu_si512(x.zero + g * 32);
-    const __m512i z1 = _mm512_loadu_si512(x.zero + g * 32 + 16);
-    const __m128 xs = _mm_loadu_ps(x.scales + g * 4);
+    __m512i hi0[T], hi1[T], lo0[T], lo1[T], z0[T], z1[T];
+    __m128 xs[T];
+    for (int t = 0; t < T; ++t) {
+      hi0[t] = _mm512_loadu_si512(x[t].hi + g * kGroup);
+      hi1[t] = _mm512_loadu_si512(x[t].hi + g * kGroup + 64);
+      lo0[t] = _mm512_loadu_si512(x[t].lo + g * kGroup);
+      lo1[t] = _mm512_loadu_si512(x[t].lo + g * kGroup + 64);
+      z0[t] = _mm512_loadu_si512(x[t].zero + g * 32);
+      z1[t] = _mm512_loadu_si512(x[t].zero + g * 32 + 16);
+      xs[t] = _mm_loadu_ps(x[t].scales + g * 4);
+    }
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + g * kGroup + kPrefetch), _MM_HINT_T1);
       if ((g & 3) == 0)
@@ -237,19 +274,26 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_rows_avx512(const uint8_t* xp
                    _MM_HINT_T1);
       const __m512i v0 = _mm512_loadu_si512(rows[i] + g * kGroup);
       const __m512i v1 = _mm512_loadu_si512(rows[i] + g * kGroup + 64);
-      const __m512i d0 = q8_dot_avx512(z0, v0, hi0, lo0);
-      const __m512i d1 = q8_dot_avx512(z1, v1, hi1, lo1);
       const __m128 ws = _mm_cvtph_ps(
           _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales[i] + g * 4)));
-      const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, xs));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(first, s), acc[i]);
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(second, s), acc[i]);
+      for (int t = 0; t < T; ++t) {
+        const __m512i d0 = q8_dot_avx512(z0[t], v0, hi0[t], lo0[t]);
+        const __m512i d1 = q8_dot_avx512(z1[t], v1, hi1[t], lo1[t]);
+        const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(ws, xs[t]));
+        acc[i][t] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(first, s), acc[i][t]);
+        acc[i][t] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(second, s), acc[i][t]);
+      }
     }
   }
   const bool tail = groups * 4 < w.cols / kQuantBlock;
   for (int i = 0; i < R; ++i) {
-    out[i] = _mm512_reduce_add_ps(acc[i]);
-    if (tail) out[i] += q8_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
+    for (int t = 0; t < T; ++t) {
+      float sum = _mm512_reduce_add_ps(acc[i][t]);
+      if (tail) sum += q8_blocks(x[t], w, r + i, groups * 4, w.cols / kQuantBlock);
+      out[t * ldo + i] = sum;
+    }
   }
 }
 
@@ -310,9 +354,12 @@ __attribute__((target(WHALE_AVX2))) inline __m256i block_dot_avx2(__m256i w, __m
   return _mm256_add_epi32(a, b);
 }
 
-template <int R>
-__attribute__((target(WHALE_AVX2))) void q8_rows_avx2(const uint8_t* xp, const Matrix& w,
-                                                      int64_t r, float* out) {
+// One token at a time (T = 1 only: AVX2's 16 registers hold no more).
+template <int R, int T>
+__attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t ldx,
+                                                      const Matrix& w, int64_t r, float* out,
+                                                      int64_t ldo) {
+  static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
   const int64_t blocks = w.cols / kQuantBlock;
   for (int i = 0; i < R; ++i) {
@@ -341,9 +388,11 @@ __attribute__((target(WHALE_AVX2))) inline __m256i q4_halves_avx2(const void* pa
 }
 
 // As q8_rows_avx2, with the codes first looked up as their signed levels (one byte shuffle).
-template <int R>
-__attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const Matrix& w,
-                                                      int64_t r, float* out) {
+template <int R, int T>
+__attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t ldx,
+                                                      const Matrix& w, int64_t r, float* out,
+                                                      int64_t ldo) {
+  static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
   const int64_t groups = w.cols / kGroup;
   const __m128i nibble = _mm_set1_epi8(0x0F);
@@ -366,24 +415,28 @@ __attribute__((target(WHALE_AVX2))) void q4_rows_avx2(const uint8_t* xp, const M
   }
 }
 
-#define WHALE_QUANT_DISPATCH(kernel)                                                       \
-  void kernel(const uint8_t* xp, const Matrix& w, int64_t r, int rows, float* out) {       \
-    switch (rows) {                                                                        \
-      case 4:                                                                              \
-        return kernel<4>(xp, w, r, out);                                                   \
-      case 3:                                                                              \
-        return kernel<3>(xp, w, r, out);                                                   \
-      case 2:                                                                              \
-        return kernel<2>(xp, w, r, out);                                                   \
-      default:                                                                             \
-        return kernel<1>(xp, w, r, out);                                                   \
-    }                                                                                      \
+#define WHALE_QUANT_DISPATCH(kernel, T_MAX)                                                     \
+  template <int R, int T>                                                                        \
+  struct kernel##_entry {                                                                        \
+    static void run(const uint8_t* xp, int64_t ldx, const Matrix& w, int64_t r, float* out,      \
+                    int64_t ldo) {                                                               \
+      kernel<R, T>(xp, ldx, w, r, out, ldo);                                                     \
+    }                                                                                            \
+  };                                                                                             \
+  void kernel##_rows(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r,     \
+                     int rows, float* out, int64_t ldo) {                                        \
+    static constexpr auto table = tile_table<kernel##_entry, T_MAX>();                           \
+    for (int t = 0; t < tokens; t += T_MAX) {                                                    \
+      const int count = std::min(T_MAX, tokens - t);                                             \
+      table[static_cast<size_t>((rows - 1) * T_MAX + count - 1)](xp + t * ldx, ldx, w, r,        \
+                                                                 out + t * ldo, ldo);            \
+    }                                                                                            \
   }
-WHALE_QUANT_DISPATCH(q4_rows_avx512)
-WHALE_QUANT_DISPATCH(q4_rows_avx512_vbmi)
-WHALE_QUANT_DISPATCH(q8_rows_avx512)
-WHALE_QUANT_DISPATCH(q4_rows_avx2)
-WHALE_QUANT_DISPATCH(q8_rows_avx2)
+WHALE_QUANT_DISPATCH(q4_tile_avx512, 2)
+WHALE_QUANT_DISPATCH(q4_tile_avx512_vbmi, 2)
+WHALE_QUANT_DISPATCH(q8_tile_avx512, 2)
+WHALE_QUANT_DISPATCH(q4_tile_avx2, 1)
+WHALE_QUANT_DISPATCH(q8_tile_avx2, 1)
 #undef WHALE_QUANT_DISPATCH
 
 // Eight independent accumulators in named registers: held in an array, they were kept on the
@@ -565,11 +618,13 @@ QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format, bool vbmi) {
   vbmi = vbmi && has_avx512_vbmi();
 #if defined(__x86_64__)
   if (has_avx512(isa) && has_avx512_vnni()) {
-    if (format == WeightFormat::kQ4 && vbmi) return QuantRowsFn{q4_rows_avx512_vbmi};
-    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx512} : QuantRowsFn{q8_rows_avx512};
+    if (format == WeightFormat::kQ4 && vbmi) return QuantRowsFn{q4_tile_avx512_vbmi_rows};
+    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_tile_avx512_rows}
+                                        : QuantRowsFn{q8_tile_avx512_rows};
   }
   if (has_avx512(isa) || isa == Isa::kAvx2)
-    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_avx2} : QuantRowsFn{q8_rows_avx2};
+    return format == WeightFormat::kQ4 ? QuantRowsFn{q4_tile_avx2_rows}
+                                        : QuantRowsFn{q8_tile_avx2_rows};
 #else
   (void)vbmi;
 #endif

@@ -41,9 +41,10 @@ float quantize_activations16(const float* x, int8_t* hi, uint8_t* lo, int32_t* h
 bool has_avx512_vnni();
 bool has_avx512_vbmi();
 
-// out[i] = row (r + i) of w times the prepared activations xp, for i < rows (1..4).
-using QuantRowsFn = void (*)(const uint8_t* xp, const ops::Matrix& w, int64_t r, int rows,
-                             float* out);
+// out[t·ldo + i] = row (r + i) of w times token t's prepared activations (at xp + t·ldx), for
+// i < rows (1..4) and t < tokens. Each result is the same whatever `rows` and `tokens` are.
+using QuantRowsFn = void (*)(const uint8_t* xp, int64_t ldx, int tokens, const ops::Matrix& w,
+                             int64_t r, int rows, float* out, int64_t ldo);
 // With `vbmi` (default: the CPU has AVX-512 VBMI), AVX-512's q4 kernel looks its levels up with
 // one byte permute per nibble half and no masking; both versions are tested.
 QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format, bool vbmi = has_avx512_vbmi());

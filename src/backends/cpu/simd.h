@@ -8,3 +8,22 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #endif
+
+#include <array>
+#include <cstddef>
+#include <utility>
+
+namespace whale::cpu {
+
+// The instantiations K<R, T>::run of a tile kernel for R = 1..4 rows and T = 1..T_MAX tokens,
+// at index (R - 1)·T_MAX + T - 1: picked at run time by the rows and tokens left.
+template <template <int, int> class K, int T_MAX, size_t... I>
+constexpr auto tile_table_of(std::index_sequence<I...>) {
+  return std::array{&K<static_cast<int>(I) / T_MAX + 1, static_cast<int>(I) % T_MAX + 1>::run...};
+}
+template <template <int, int> class K, int T_MAX>
+constexpr auto tile_table() {
+  return tile_table_of<K, T_MAX>(std::make_index_sequence<4 * T_MAX>());
+}
+
+}  // namespace whale::cpu

@@ -224,11 +224,6 @@ __attribute__((target("avx2,fma"))) void bf16_tile_avx2(const float* xp, int64_t
   }
 }
 
-// The tile kernel for `rows` (1..4) and `tokens` (1..T_MAX): a table of instantiations.
-template <template <int, int> class K, int T_MAX, size_t... I>
-constexpr auto bf16_tile_table(std::index_sequence<I...>) {
-  return std::array{&K<int(I) / T_MAX + 1, int(I) % T_MAX + 1>::run...};
-}
 #define WHALE_BF16_ROWS_DISPATCH(kernel, T_MAX)                                               \
   template <int R, int T>                                                                     \
   struct Bf16Tile_##kernel {                                                                  \
@@ -239,8 +234,7 @@ constexpr auto bf16_tile_table(std::index_sequence<I...>) {
   };                                                                                          \
   void dot_bf16_rows_##kernel(const float* xp, int64_t ldx, int tokens, const uint16_t* w,    \
                               int64_t ld, int rows, int64_t n, float* out, int64_t ldo) {     \
-    static constexpr auto table =                                                             \
-        bf16_tile_table<Bf16Tile_##kernel, T_MAX>(std::make_index_sequence<4 * T_MAX>());     \
+    static constexpr auto table = tile_table<Bf16Tile_##kernel, T_MAX>();                     \
     for (int t = 0; t < tokens; t += T_MAX) {                                                 \
       const int count = std::min(T_MAX, tokens - t);                                          \
       table[static_cast<size_t>((rows - 1) * T_MAX + count - 1)](xp + t * ldx, ldx, w, ld, n, \
