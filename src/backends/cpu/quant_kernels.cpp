@@ -343,76 +343,100 @@ __attribute__((target(WHALE_AVX2))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(q);
 }
 
-// Σ w·q over one block of 32 as eight int32 lanes: the signed codes w widened to 16 bits (by
-// interleaving with their sign bytes) times the activations' 16-bit codes (lo and hi bytes
-// interleaved the same way), pairs summed by vpmaddwd (|w·q| ≤ 127 · 32767: no overflow).
-__attribute__((target(WHALE_AVX2))) inline __m256i block_dot_avx2(__m256i w, __m256i hi,
-                                                                  __m256i lo) {
-  const __m256i sign = _mm256_cmpgt_epi8(_mm256_setzero_si256(), w);
-  const __m256i a = _mm256_madd_epi16(_mm256_unpacklo_epi8(w, sign), _mm256_unpacklo_epi8(lo, hi));
-  const __m256i b = _mm256_madd_epi16(_mm256_unpackhi_epi8(w, sign), _mm256_unpackhi_epi8(lo, hi));
-  return _mm256_add_epi32(a, b);
+// The 16-bit codes of 16 activations from their hi and lo bytes, in order.
+__attribute__((target(WHALE_AVX2))) inline __m256i codes16_avx2(const int8_t* hi,
+                                                                const uint8_t* lo) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi));
+  const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo));
+  return _mm256_set_m128i(_mm_unpackhi_epi8(l, h), _mm_unpacklo_epi8(l, h));
 }
 
-// One token at a time (T = 1 only: AVX2's 16 registers hold no more).
+// Rows r..r+R-1's products for 8 blocks from b: the f16 weight scales widened by F16C and
+// multiplied by the activations' (8 of each, one instruction each), for broadcasts from memory.
+// `ahead`: the blocks that the rows' codes prefetch lies ahead, for the scales' own prefetch.
+template <int R>
+__attribute__((target(WHALE_AVX2))) inline void block_scales_avx2(const RowPointers<R>& p,
+                                                                  const float* xs, int64_t b,
+                                                                  int64_t ahead, float (*out)[8]) {
+  const __m256 x = _mm256_loadu_ps(xs + b);
+  for (int i = 0; i < R; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(p.scales[i] + b + ahead), _MM_HINT_T1);
+    const __m256 ws =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.scales[i] + b)));
+    _mm256_storeu_ps(out[i], _mm256_mul_ps(ws, x));
+  }
+}
+
+// AVX2 without VNNI: each block's weights widened to 16 bits (sign-extended) times the
+// activations' 16-bit codes (built once per block for all R rows), pairs summed by vpmaddwd
+// (|w·q| ≤ 127 · 32767: no overflow), then scaled in f32. One token at a time (T = 1 only: 16
+// registers hold no more). Eight blocks' scales are converted at once, and each row's codes
+// are prefetched 16 KB ahead into L2, once per 64-byte line.
 template <int R, int T>
 __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t ldx,
                                                       const Matrix& w, int64_t r, float* out,
                                                       int64_t ldo) {
   static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
-  const int64_t blocks = w.cols / kQuantBlock;
-  for (int i = 0; i < R; ++i) {
-    const uint8_t* row = row_data(w, r + i);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < blocks; ++b) {
-      _mm_prefetch(reinterpret_cast<const char*>(row + b * kQuantBlock + kPrefetch), _MM_HINT_T0);
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kQuantBlock));
-      const __m256i hi =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi + b * kQuantBlock));
-      const __m256i lo =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo + b * kQuantBlock));
-      const __m256 d = _mm256_cvtepi32_ps(block_dot_avx2(v, hi, lo));
-      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
+  const int64_t blocks = w.cols / kQuantBlock, full = blocks / 8 * 8;
+  const RowPointers<R> p(w, r);
+  __m256 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  alignas(32) float scales[R][8];
+  for (int64_t b = 0; b < full; ++b) {
+    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, kPrefetch / kQuantBlock, scales);
+    const __m256i xa = codes16_avx2(x.hi + b * kQuantBlock, x.lo + b * kQuantBlock);
+    const __m256i xb = codes16_avx2(x.hi + b * kQuantBlock + 16, x.lo + b * kQuantBlock + 16);
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* row = p.data[i] + b * kQuantBlock;
+      if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
+      const __m256i wa =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+      const __m256i wb =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)));
+      const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
     }
-    out[i] = hsum256(acc);
   }
+  for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]) + q8_blocks(x, w, r + i, full, blocks);
 }
 
-// The 32 activation bytes of q4 block b's two nibble halves (in a full group), from one part.
-__attribute__((target(WHALE_AVX2))) inline __m256i q4_halves_avx2(const void* part, int64_t b) {
-  const auto* first = static_cast<const uint8_t*>(part) + (b / 4) * kGroup + (b % 4) * kHalf;
-  return _mm256_set_m128i(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + 2 * kQuantBlock)),
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(first)));
-}
-
-// As q8_rows_avx2, with the codes first looked up as their signed levels (one byte shuffle).
+// As q8_tile_avx2, with the codes first looked up as their signed levels (one byte shuffle per
+// nibble half), over the full groups (kernel order); the blocks after them in scalar code.
 template <int R, int T>
 __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t ldx,
                                                       const Matrix& w, int64_t r, float* out,
                                                       int64_t ldo) {
   static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
-  const int64_t groups = w.cols / kGroup;
+  const int64_t grouped = w.cols / kGroup * 4, full = grouped / 8 * 8;
+  const RowPointers<R> p(w, r);
   const __m128i nibble = _mm_set1_epi8(0x0F);
-  const __m256i levels = _mm256_broadcastsi128_si256(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
-  for (int i = 0; i < R; ++i) {
-    const uint8_t* row = row_data(w, r + i);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < groups * 4; ++b) {
-      _mm_prefetch(reinterpret_cast<const char*>(row + b * kHalf + kPrefetch), _MM_HINT_T0);
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kHalf));
-      const __m256i codes = _mm256_shuffle_epi8(
-          levels,
-          _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), nibble), _mm_and_si128(v, nibble)));
-      const __m256 d = _mm256_cvtepi32_ps(
-          block_dot_avx2(codes, q4_halves_avx2(x.hi, b), q4_halves_avx2(x.lo, b)));
-      acc = _mm256_fmadd_ps(d, _mm256_set1_ps(scale_at(w, r + i, b) * x.scales[b]), acc);
+  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
+  __m256 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  alignas(32) float scales[R][8];
+  for (int64_t b = 0; b < full; ++b) {
+    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, kPrefetch / kHalf, scales);
+    // The activations of block b's low nibbles (its first 16 columns) and high ones.
+    const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf;
+    const __m256i xa = codes16_avx2(x.hi + first, x.lo + first);
+    const __m256i xb = codes16_avx2(x.hi + first + 2 * kQuantBlock, x.lo + first + 2 * kQuantBlock);
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* row = p.data[i] + b * kHalf;
+      if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+      const __m256i wa = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(v, nibble)));
+      const __m256i wb = _mm256_cvtepi8_epi16(
+          _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble)));
+      const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
     }
-    out[i] = hsum256(acc) + q4_blocks(x, w, r + i, groups * 4, w.cols / kQuantBlock);
   }
+  for (int i = 0; i < R; ++i)
+    out[i] = hsum256(acc[i]) + q4_blocks(x, w, r + i, full, w.cols / kQuantBlock);
 }
 
 #define WHALE_QUANT_DISPATCH(kernel, T_MAX)                                                     \

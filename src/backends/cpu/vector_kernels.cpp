@@ -201,7 +201,8 @@ __attribute__((target("avx2,fma"))) void bf16_tile_avx2(const float* xp, int64_t
       xo[t] = _mm256_loadu_ps(xp + t * ldx + i + 8);
     }
     for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + r * ld + i + kBf16Prefetch), _MM_HINT_T0);
+      if (i % 32 == 0)
+        _mm_prefetch(reinterpret_cast<const char*>(w + r * ld + i + kBf16Prefetch), _MM_HINT_T1);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ld + i));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
