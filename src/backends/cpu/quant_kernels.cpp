@@ -29,6 +29,7 @@ struct Prepared {
   const uint8_t* lo;
   const float* scales;
   const int32_t* zero;
+  const int16_t* codes;
   // Element i's 16-bit code.
   int32_t code(int64_t i) const { return hi[i] * 256 + lo[i]; }
 };
@@ -37,7 +38,8 @@ Prepared view(const uint8_t* xp, int64_t k) {
   const PreparedLayout l = prepared_layout(k);
   return {reinterpret_cast<const int8_t*>(xp + l.hi), xp + l.lo,
           reinterpret_cast<const float*>(xp + l.scales),
-          reinterpret_cast<const int32_t*>(xp + l.zero)};
+          reinterpret_cast<const int32_t*>(xp + l.zero),
+          reinterpret_cast<const int16_t*>(xp + l.codes)};
 }
 
 inline float scale_at(const Matrix& w, int64_t r, int64_t b) {
@@ -343,21 +345,26 @@ __attribute__((target(WHALE_AVX2))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(q);
 }
 
-// The 16-bit codes of 16 activations from their hi and lo bytes, in order.
-__attribute__((target(WHALE_AVX2))) inline __m256i codes16_avx2(const int8_t* hi,
-                                                                const uint8_t* lo) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi));
-  const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo));
-  return _mm256_set_m128i(_mm_unpackhi_epi8(l, h), _mm_unpacklo_epi8(l, h));
+// 16 activations' 16-bit codes from the prepared ones.
+__attribute__((target(WHALE_AVX2))) inline __m256i codes16_avx2(const int16_t* codes) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
 }
 
 // Rows r..r+R-1's products for 8 blocks from b: the f16 weight scales widened by F16C and
 // multiplied by the activations' (8 of each, one instruction each), for broadcasts from memory.
 // `ahead`: the blocks that the rows' codes prefetch lies ahead, for the scales' own prefetch.
+// Fewer than 8 blocks left (`end`): those one at a time.
 template <int R>
 __attribute__((target(WHALE_AVX2))) inline void block_scales_avx2(const RowPointers<R>& p,
                                                                   const float* xs, int64_t b,
-                                                                  int64_t ahead, float (*out)[8]) {
+                                                                  int64_t end, int64_t ahead,
+                                                                  float (*out)[8]) {
+  if (end - b < 8) {
+    for (int i = 0; i < R; ++i) {
+      for (int64_t j = b; j < end; ++j) out[i][j - b] = _cvtsh_ss(p.scales[i][j]) * xs[j];
+    }
+    return;
+  }
   const __m256 x = _mm256_loadu_ps(xs + b);
   for (int i = 0; i < R; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(p.scales[i] + b + ahead), _MM_HINT_T1);
@@ -368,7 +375,7 @@ __attribute__((target(WHALE_AVX2))) inline void block_scales_avx2(const RowPoint
 }
 
 // AVX2 without VNNI: each block's weights widened to 16 bits (sign-extended) times the
-// activations' 16-bit codes (built once per block for all R rows), pairs summed by vpmaddwd
+// activations' 16-bit codes (prepared as such once per token), pairs summed by vpmaddwd
 // (|w·q| ≤ 127 · 32767: no overflow), then scaled in f32. One token at a time (T = 1 only: 16
 // registers hold no more). Eight blocks' scales are converted at once, and each row's codes
 // are prefetched 16 KB ahead into L2, once per 64-byte line.
@@ -378,15 +385,15 @@ __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t
                                                       int64_t ldo) {
   static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
-  const int64_t blocks = w.cols / kQuantBlock, full = blocks / 8 * 8;
+  const int64_t blocks = w.cols / kQuantBlock;
   const RowPointers<R> p(w, r);
   __m256 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   alignas(32) float scales[R][8];
-  for (int64_t b = 0; b < full; ++b) {
-    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, kPrefetch / kQuantBlock, scales);
-    const __m256i xa = codes16_avx2(x.hi + b * kQuantBlock, x.lo + b * kQuantBlock);
-    const __m256i xb = codes16_avx2(x.hi + b * kQuantBlock + 16, x.lo + b * kQuantBlock + 16);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, blocks, kPrefetch / kQuantBlock, scales);
+    const __m256i xa = codes16_avx2(x.codes + b * kQuantBlock);
+    const __m256i xb = codes16_avx2(x.codes + b * kQuantBlock + 16);
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = p.data[i] + b * kQuantBlock;
       if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
@@ -399,7 +406,7 @@ __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t
           _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
     }
   }
-  for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]) + q8_blocks(x, w, r + i, full, blocks);
+  for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]);
 }
 
 // As q8_tile_avx2, with the codes first looked up as their signed levels (one byte shuffle per
@@ -410,33 +417,44 @@ __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t
                                                       int64_t ldo) {
   static_assert(T == 1);
   const Prepared x = view(xp, w.cols);
-  const int64_t grouped = w.cols / kGroup * 4, full = grouped / 8 * 8;
+  const int64_t grouped = w.cols / kGroup * 4;  // blocks in full groups: a multiple of 4
   const RowPointers<R> p(w, r);
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i levels = _mm256_broadcastsi128_si256(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
   __m256 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   alignas(32) float scales[R][8];
-  for (int64_t b = 0; b < full; ++b) {
-    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, kPrefetch / kHalf, scales);
-    // The activations of block b's low nibbles (its first 16 columns) and high ones.
-    const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf;
-    const __m256i xa = codes16_avx2(x.hi + first, x.lo + first);
-    const __m256i xb = codes16_avx2(x.hi + first + 2 * kQuantBlock, x.lo + first + 2 * kQuantBlock);
+  // Two blocks (32 bytes of codes) per step: one 256-bit lookup per nibble half serves both.
+  for (int64_t b = 0; b < grouped; b += 2) {
+    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, grouped, kPrefetch / kHalf, scales);
+    // The activations of block b's low nibbles (its first 16 columns) at `first`, its high ones
+    // 64 further; block b + 1's 16 after each.
+    const int16_t* first = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = p.data[i] + b * kHalf;
       if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
-      const __m256i wa = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(levels, _mm_and_si128(v, nibble)));
-      const __m256i wb = _mm256_cvtepi8_epi16(
-          _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble)));
-      const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+      const __m256i low = _mm256_shuffle_epi8(levels, _mm256_and_si256(v, nibble));
+      const __m256i high =
+          _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
+      const __m256i d0 = _mm256_add_epi32(
+          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(low)), codes16_avx2(first)),
+          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(high)),
+                            codes16_avx2(first + 2 * kQuantBlock)));
+      const __m256i d1 = _mm256_add_epi32(
+          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1)),
+                            codes16_avx2(first + kHalf)),
+          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1)),
+                            codes16_avx2(first + kHalf + 2 * kQuantBlock)));
       acc[i] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&scales[i][b % 8 + 1]),
+                               acc[i]);
     }
   }
   for (int i = 0; i < R; ++i)
-    out[i] = hsum256(acc[i]) + q4_blocks(x, w, r + i, full, w.cols / kQuantBlock);
+    out[i] = hsum256(acc[i]) + q4_blocks(x, w, r + i, grouped, w.cols / kQuantBlock);
 }
 
 #define WHALE_QUANT_DISPATCH(kernel, T_MAX)                                                     \
@@ -550,7 +568,8 @@ PreparedLayout prepared_layout(int64_t k) {
   l.lo = align64(k);
   l.scales = l.lo + align64(k);
   l.zero = l.scales + align64(blocks * 4);
-  l.bytes = l.zero + align64(k / kGroup * 32 * 4);
+  l.codes = l.zero + align64(k / kGroup * 32 * 4);
+  l.bytes = l.codes + align64(k * 2);
   return l;
 }
 
@@ -627,6 +646,9 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
       }
     }
   }
+  auto* codes = reinterpret_cast<int16_t*>(out + l.codes);
+  for (int64_t i = 0; i < blocks * kQuantBlock; ++i)
+    codes[i] = static_cast<int16_t>(hi[i] * 256 + lo[i]);
 }
 
 bool has_avx512_vbmi() {
