@@ -376,24 +376,28 @@ __attribute__((target(WHALE_AVX2))) inline void block_scales_avx2(const RowPoint
 
 // AVX2 without VNNI: each block's weights widened to 16 bits (sign-extended) times the
 // activations' 16-bit codes (prepared as such once per token), pairs summed by vpmaddwd
-// (|w·q| ≤ 127 · 32767: no overflow), then scaled in f32. One token at a time (T = 1 only: 16
-// registers hold no more). Eight blocks' scales are converted at once, and each row's codes
-// are prefetched 16 KB ahead into L2, once per 64-byte line.
+// (|w·q| ≤ 127 · 32767: no overflow), then scaled in f32. R rows by T tokens, each row's block
+// widened once for the T; a pair's sums run in the same order whatever R and T are. Eight
+// blocks' scales are converted at once, and each row's codes are prefetched 16 KB ahead into
+// L2, once per 64-byte line.
 template <int R, int T>
 __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t ldx,
                                                       const Matrix& w, int64_t r, float* out,
                                                       int64_t ldo) {
-  static_assert(T == 1);
-  const Prepared x = view(xp, w.cols);
+  Prepared x[T];
+  for (int t = 0; t < T; ++t) x[t] = view(xp + t * ldx, w.cols);
   const int64_t blocks = w.cols / kQuantBlock;
   const RowPointers<R> p(w, r);
-  __m256 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
-  alignas(32) float scales[R][8];
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  alignas(32) float scales[T][R][8];
   for (int64_t b = 0; b < blocks; ++b) {
-    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, blocks, kPrefetch / kQuantBlock, scales);
-    const __m256i xa = codes16_avx2(x.codes + b * kQuantBlock);
-    const __m256i xb = codes16_avx2(x.codes + b * kQuantBlock + 16);
+    if (b % 8 == 0) {
+      for (int t = 0; t < T; ++t)
+        block_scales_avx2<R>(p, x[t].scales, b, blocks, kPrefetch / kQuantBlock, scales[t]);
+    }
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = p.data[i] + b * kQuantBlock;
       if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
@@ -401,12 +405,18 @@ __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t
           _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
       const __m256i wb =
           _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)));
-      const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-      acc[i] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
+      for (int t = 0; t < T; ++t) {
+        const int16_t* codes = x[t].codes + b * kQuantBlock;
+        const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(wa, codes16_avx2(codes)),
+                                           _mm256_madd_epi16(wb, codes16_avx2(codes + 16)));
+        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d),
+                                    _mm256_broadcast_ss(&scales[t][i][b % 8]), acc[i][t]);
+      }
     }
   }
-  for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]);
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) out[t * ldo + i] = hsum256(acc[i][t]);
+  }
 }
 
 // As q8_tile_avx2, with the codes first looked up as their signed levels (one byte shuffle per
@@ -415,22 +425,27 @@ template <int R, int T>
 __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t ldx,
                                                       const Matrix& w, int64_t r, float* out,
                                                       int64_t ldo) {
-  static_assert(T == 1);
-  const Prepared x = view(xp, w.cols);
+  Prepared x[T];
+  for (int t = 0; t < T; ++t) x[t] = view(xp + t * ldx, w.cols);
   const int64_t grouped = w.cols / kGroup * 4;  // blocks in full groups: a multiple of 4
   const RowPointers<R> p(w, r);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i levels = _mm256_broadcastsi128_si256(
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
-  __m256 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
-  alignas(32) float scales[R][8];
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  alignas(32) float scales[T][R][8];
   // Two blocks (32 bytes of codes) per step: one 256-bit lookup per nibble half serves both.
   for (int64_t b = 0; b < grouped; b += 2) {
-    if (b % 8 == 0) block_scales_avx2<R>(p, x.scales, b, grouped, kPrefetch / kHalf, scales);
+    if (b % 8 == 0) {
+      for (int t = 0; t < T; ++t)
+        block_scales_avx2<R>(p, x[t].scales, b, grouped, kPrefetch / kHalf, scales[t]);
+    }
     // The activations of block b's low nibbles (its first 16 columns) at `first`, its high ones
     // 64 further; block b + 1's 16 after each.
-    const int16_t* first = x.codes + (b / 4) * kGroup + (b % 4) * kHalf;
+    const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf;
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = p.data[i] + b * kHalf;
       if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
@@ -438,23 +453,31 @@ __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t
       const __m256i low = _mm256_shuffle_epi8(levels, _mm256_and_si256(v, nibble));
       const __m256i high =
           _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
-      const __m256i d0 = _mm256_add_epi32(
-          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(low)), codes16_avx2(first)),
-          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(high)),
-                            codes16_avx2(first + 2 * kQuantBlock)));
-      const __m256i d1 = _mm256_add_epi32(
-          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1)),
-                            codes16_avx2(first + kHalf)),
-          _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1)),
-                            codes16_avx2(first + kHalf + 2 * kQuantBlock)));
-      acc[i] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_broadcast_ss(&scales[i][b % 8]), acc[i]);
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_broadcast_ss(&scales[i][b % 8 + 1]),
-                               acc[i]);
+      const __m256i wa0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(low));
+      const __m256i wb0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(high));
+      const __m256i wa1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1));
+      const __m256i wb1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1));
+      for (int t = 0; t < T; ++t) {
+        const int16_t* c = x[t].codes + first;
+        const __m256i d0 =
+            _mm256_add_epi32(_mm256_madd_epi16(wa0, codes16_avx2(c)),
+                             _mm256_madd_epi16(wb0, codes16_avx2(c + 2 * kQuantBlock)));
+        const __m256i d1 =
+            _mm256_add_epi32(_mm256_madd_epi16(wa1, codes16_avx2(c + kHalf)),
+                             _mm256_madd_epi16(wb1, codes16_avx2(c + kHalf + 2 * kQuantBlock)));
+        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0),
+                                    _mm256_broadcast_ss(&scales[t][i][b % 8]), acc[i][t]);
+        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1),
+                                    _mm256_broadcast_ss(&scales[t][i][b % 8 + 1]), acc[i][t]);
+      }
     }
   }
-  for (int i = 0; i < R; ++i)
-    out[i] = hsum256(acc[i]) + q4_blocks(x, w, r + i, grouped, w.cols / kQuantBlock);
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      out[t * ldo + i] =
+          hsum256(acc[i][t]) + q4_blocks(x[t], w, r + i, grouped, w.cols / kQuantBlock);
+    }
+  }
 }
 
 #define WHALE_QUANT_DISPATCH(kernel, T_MAX)                                                     \
@@ -477,8 +500,8 @@ __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t
 WHALE_QUANT_DISPATCH(q4_tile_avx512, 2)
 WHALE_QUANT_DISPATCH(q4_tile_avx512_vbmi, 2)
 WHALE_QUANT_DISPATCH(q8_tile_avx512, 2)
-WHALE_QUANT_DISPATCH(q4_tile_avx2, 1)
-WHALE_QUANT_DISPATCH(q8_tile_avx2, 1)
+WHALE_QUANT_DISPATCH(q4_tile_avx2, 2)
+WHALE_QUANT_DISPATCH(q8_tile_avx2, 2)
 #undef WHALE_QUANT_DISPATCH
 
 // Eight independent accumulators in named registers: held in an array, they were kept on the
