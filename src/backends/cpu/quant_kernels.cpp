@@ -92,21 +92,13 @@ float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
   return acc;
 }
 
-void q8_rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r,
-                      int rows, float* out, int64_t ldo) {
+// Every row of every token through one format's scalar block sums.
+template <float (*Blocks)(const Prepared&, const Matrix&, int64_t, int64_t, int64_t)>
+void rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r, int rows,
+                   float* out, int64_t ldo) {
   for (int t = 0; t < tokens; ++t) {
     const Prepared x = view(xp + t * ldx, w.cols);
-    for (int i = 0; i < rows; ++i)
-      out[t * ldo + i] = q8_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
-  }
-}
-
-void q4_rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, int64_t r,
-                      int rows, float* out, int64_t ldo) {
-  for (int t = 0; t < tokens; ++t) {
-    const Prepared x = view(xp + t * ldx, w.cols);
-    for (int i = 0; i < rows; ++i)
-      out[t * ldo + i] = q4_blocks(x, w, r + i, 0, w.cols / kQuantBlock);
+    for (int i = 0; i < rows; ++i) out[t * ldo + i] = Blocks(x, w, r + i, 0, w.cols / kQuantBlock);
   }
 }
 
@@ -697,8 +689,8 @@ QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format, bool vbmi) {
 #else
   (void)vbmi;
 #endif
-  return format == WeightFormat::kQ4 ? QuantRowsFn{q4_rows_portable}
-                                      : QuantRowsFn{q8_rows_portable};
+  return format == WeightFormat::kQ4 ? QuantRowsFn{rows_portable<q4_blocks>}
+                                     : QuantRowsFn{rows_portable<q8_blocks>};
 }
 
 }  // namespace whale::cpu
