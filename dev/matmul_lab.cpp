@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
       {"expert gate 512x1024 n=20 x32", 512, 1024, 20, 32},
       {"expert gate 512x1024 n=8 x32", 512, 1024, 8, 32},
       {"expert down 1024x512 n=48 x32", 1024, 512, 48, 32},
+      {"v3 expert gate 2048x7168 n=64 x4", 2048, 7168, 64, 4},
   };
   const bool attention_only = argc > 2 && std::string(argv[2]) == "attention";
   const bool decode_only = argc > 2 && std::string(argv[2]) == "decode";
