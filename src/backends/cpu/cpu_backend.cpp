@@ -132,9 +132,9 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
   if (w.dtype == DType::kBF16) {
     // Multiplied straight from the stored bf16 rows (widened in registers), four rows by up to
     // four tokens at a time. Tokens go in chunks whose prepared activations stay in L2 while
-    // every row of the range passes over them, the rows staying in L1 for the whole chunk. A
-    // sum does not depend on the rows or tokens beside it, so a row's result never depends on
-    // its batch.
+    // every row of the range passes over them, four rows staying in L1 (L2 at V3's widths) for
+    // the whole chunk. A sum does not depend on the rows or tokens beside it, so a row's result
+    // never depends on its batch.
     thread_local std::vector<float> prepared;
     grow(prepared, t.n * w.cols);
     for (int64_t i = 0; i < t.n; ++i)
