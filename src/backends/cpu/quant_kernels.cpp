@@ -31,7 +31,7 @@ struct Prepared {
   const int32_t* zero;
   const int16_t* codes;
   // Element i's 16-bit code.
-  int32_t code(int64_t i) const { return hi[i] * 256 + lo[i]; }
+  int32_t code(int64_t i) const { return codes[i]; }
 };
 
 Prepared view(const uint8_t* xp, int64_t k) {
