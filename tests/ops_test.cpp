@@ -126,13 +126,16 @@ std::vector<float> abs_products(const Matrix& w, const float* x, int64_t ldx, in
 }
 
 // A product with a block-format matrix against the exact one: the vector kernels round each
-// activation to 16-bit block codes (within max|x| / 65534 of its block), the AMX tiles round
-// both operands to bf16 (each within 2^-9); on top, f32 accumulation.
+// activation to block codes, 16-bit for q8 (within max|x| / 65534 of its block) and 8-bit for q4
+// (max|x| / 254), the AMX tiles round both operands to bf16 (each within 2^-9); on top, f32
+// accumulation.
 void expect_block_product_close(const std::vector<float>& got, const std::vector<float>& want,
                                 const Matrix& w, const float* x, int64_t ldx, int64_t n,
                                 int64_t ldy, bool tiles) {
   const std::vector<float> bound = abs_products(w, x, ldx, n, ldy, /*block_max=*/!tiles);
-  const double factor = tiles ? std::ldexp(1.0, -8) : 1.0 / 65534;
+  const double factor = tiles                                ? std::ldexp(1.0, -8)
+                        : w.format == ops::WeightFormat::kQ4 ? 1.0 / 254
+                                                             : 1.0 / 65534;
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(got[i], want[i], factor * bound[i] + 2e-5f * (1.0f + std::fabs(want[i])))
@@ -533,13 +536,49 @@ TEST(BlockFormats, ActivationBlocksRoundTo16Bits) {
   }
 }
 
+// q4's activations are prepared as 8-bit codes: q = round(x / s), s = max|x| / 127, Σ q for the
+// correction, the same bytes on every path.
+TEST(BlockFormats, Q4ActivationsRoundTo8Bits) {
+  const int64_t k = 160;  // one full group of 128 columns (kernel order) and a block after it
+  std::vector<float> x = random_vector(static_cast<size_t>(k), 12);
+  x[130] = -6.0f;  // the second block's extreme; x[131] a tie at half a step
+  x[131] = 0.5f * 6.0f / 127.0f;
+  const cpu::PreparedLayout l = cpu::prepared_layout(k);
+  for (const cpu::Isa isa : cpu::supported_isas()) {
+    SCOPED_TRACE(std::string(cpu::isa_name(isa)));
+    std::vector<uint8_t> p(static_cast<size_t>(l.bytes));
+    cpu::prepare_quantized(x.data(), k, ops::WeightFormat::kQ4, p.data(), isa);
+    const auto* hi = reinterpret_cast<const int8_t*>(p.data() + l.hi);
+    const auto* codes = reinterpret_cast<const int16_t*>(p.data() + l.codes);
+    const auto* scales = reinterpret_cast<const float*>(p.data() + l.scales);
+    EXPECT_FLOAT_EQ(scales[4], 6.0f / 127.0f);
+    EXPECT_EQ(hi[130], -127);
+    EXPECT_EQ(hi[131], 0);  // ties to even
+    for (int64_t i = 128; i < k; ++i) {
+      EXPECT_EQ(codes[i], hi[i]);
+      EXPECT_EQ(p[static_cast<size_t>(l.lo + i)], 0);
+      if (i != 131) {
+        EXPECT_NEAR(hi[i] * scales[4], x[static_cast<size_t>(i)], scales[4] / 2 + 1e-7f) << i;
+      }
+    }
+    // Block 0's low nibbles' activations are its first 16 columns, in the kernel's order.
+    for (int64_t i = 0; i < 16; ++i) {
+      EXPECT_NEAR(hi[i] * scales[0], x[static_cast<size_t>(i)], scales[0] / 2 + 1e-7f) << i;
+    }
+    const auto* zero = reinterpret_cast<const int32_t*>(p.data() + l.zero);
+    int32_t sum = 0;
+    for (int64_t i = 0; i < 16; ++i) sum += hi[i] + hi[i + 64];  // block 0: both halves
+    EXPECT_EQ(zero[0] + zero[1] + zero[2] + zero[3], -128 * sum);
+  }
+}
+
 }  // namespace
 }  // namespace whale
 
 namespace whale {
 namespace {
 
-// Every kernel path rounds activations to the same 16-bit block codes, byte for byte.
+// Every kernel path rounds activations to the same block codes, byte for byte.
 TEST(BlockFormats, PreparedActivationsAreTheSameOnEveryPath) {
   std::vector<float> x = random_vector(32 * 12, 77, 3.0f);
   std::fill_n(x.begin() + 32, 32, 0.0f);  // a zero block

@@ -17,8 +17,10 @@ using ops::WeightFormat;
 // Columns in a group: four blocks, the unit of the wide kernels (64 bytes of 4-bit codes).
 constexpr int64_t kGroup = 4 * kQuantBlock;
 constexpr int64_t kHalf = kQuantBlock / 2;
-// The largest 16-bit activation code: q = round(x / scale), scale = max|x| / kCodeMax.
+// The largest activation code: q = round(x / scale), scale = max|x| / code max; 16 bits for kQ8,
+// 8 for kQ4 (see quant_kernels.h).
 constexpr int32_t kCodeMax = 32767;
+constexpr int32_t kCode8Max = 127;
 // Bytes ahead of the current position that the kernels prefetch (see kBf16Prefetch).
 constexpr int64_t kPrefetch = 16384;
 
@@ -126,17 +128,19 @@ struct RowPointers {
   }
 };
 
-// The activations' 16-bit codes q = 256·hi + lo (hi signed, lo unsigned) enter VNNI's
-// unsigned × signed byte products in two passes: Σ w·hi, shifted left 8 bits, then + Σ lo·w.
-// In the first pass w is the unsigned side, as w + 128, and the sums start from the prepared
-// per-lane correction (−128 · Σ hi over each block's lanes) that takes the + 128 off; in the
-// second, lo is the unsigned side and w is signed as stored.
+// VNNI multiplies unsigned bytes by signed ones. The weights are the unsigned side, as w + 128,
+// and each sum starts from the prepared per-lane correction (−128 · Σ codes over each block's
+// lanes) that takes the + 128 off.
 //
-// q4: per group of 128 columns and row, 64 bytes of nibbles, unpacked into the low nibbles
-// (columns 32j + i of block j, i < 16, in bytes 16j + i) and the high ones (columns 32j + 16 + i)
-// and looked up (one byte shuffle each) as their level + 128, an unsigned byte; flipping the top
-// bit gives the signed level. The activations are prepared in that order. VNNI lane l then holds
-// block l / 4, so the four block scales are spread over lanes with one permute.
+// q4: the activations' 8-bit codes (in `hi`), one pass. Per group of 128 columns and row, 64
+// bytes of nibbles, unpacked into the low nibbles (columns 32j + i of block j, i < 16, in bytes
+// 16j + i) and the high ones (columns 32j + 16 + i) and looked up (one byte shuffle each) as
+// their level + 128, an unsigned byte. The activations are prepared in that order. VNNI lane l
+// then holds block l / 4, so the four block scales are spread over lanes with one permute.
+//
+// q8: the 16-bit codes q = 256·hi + lo (hi signed, lo unsigned) in two passes: Σ (w + 128)·hi
+// from the correction, shifted left 8 bits, then + Σ lo·w, where lo is the unsigned side and w
+// is signed as stored.
 // The body of both versions, LOOKUP(v) setting first and second (biased levels) from the bytes v:
 // R rows by T tokens, each row's codes looked up once for all T. A pair's sums run in the same
 // order whatever R and T are, so a result never depends on its neighbours.
@@ -151,17 +155,14 @@ struct RowPointers {
       for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();                                \
     }                                                                                             \
     const __m512i nibble = _mm512_set1_epi8(0x0F);                                                \
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));                               \
     const __m512i levels = q4_levels_biased_512();                                                \
     const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);      \
     for (int64_t g = 0; g < groups; ++g) {                                                        \
-      __m512i hi0[T], hi1[T], lo0[T], lo1[T], zero[T];                                            \
+      __m512i hi0[T], hi1[T], zero[T];                                                            \
       __m128 xs[T];                                                                               \
       for (int t = 0; t < T; ++t) {                                                               \
         hi0[t] = _mm512_loadu_si512(x[t].hi + g * kGroup);                                        \
         hi1[t] = _mm512_loadu_si512(x[t].hi + g * kGroup + 64);                                   \
-        lo0[t] = _mm512_loadu_si512(x[t].lo + g * kGroup);                                        \
-        lo1[t] = _mm512_loadu_si512(x[t].lo + g * kGroup + 64);                                   \
         zero[t] = _mm512_loadu_si512(x[t].zero + g * 32);                                         \
         xs[t] = _mm_loadu_ps(x[t].scales + g * 4);                                                \
       }                                                                                           \
@@ -173,16 +174,11 @@ struct RowPointers {
         const __m512i v = _mm512_loadu_si512(p.data[i] + g * 64);                                 \
         __m512i first, second;                                                                    \
         LOOKUP(v)                                                                                 \
-        const __m512i first_signed = _mm512_xor_si512(first, flip);                               \
-        const __m512i second_signed = _mm512_xor_si512(second, flip);                             \
         const __m128 ws =                                                                         \
             _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.scales[i] + g * 4))); \
         for (int t = 0; t < T; ++t) {                                                             \
-          __m512i dot =                                                                           \
+          const __m512i dot =                                                                     \
               _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero[t], first, hi0[t]), second, hi1[t]);   \
-          dot = _mm512_slli_epi32(dot, 8);                                                        \
-          dot = _mm512_dpbusd_epi32(dot, lo0[t], first_signed);                                   \
-          dot = _mm512_dpbusd_epi32(dot, lo1[t], second_signed);                                  \
           const __m512 s =                                                                        \
               _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(ws, xs[t])));       \
           acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i][t]);                     \
@@ -291,11 +287,12 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_tile_avx512(const uint8_t* xp
   }
 }
 
-// quantize_block16_portable in AVX-512, with the same arithmetic in the same order (max of |x|,
+// quantize_block_portable in AVX-512, with the same arithmetic in the same order (max of |x|,
 // one division each for the scale and its inverse, multiply, clamp, round by adding and removing
 // 1.5·2^23), so the codes and scale are bit for bit the same; returns Σ hi.
-__attribute__((target("avx512f,avx512bw"))) inline __m512i round_codes(__m512 v, __m512 inv) {
-  const __m512 limit = _mm512_set1_ps(static_cast<float>(kCodeMax));
+__attribute__((target("avx512f,avx512bw"))) inline __m512i round_codes(__m512 v, __m512 inv,
+                                                                       int32_t code_max) {
+  const __m512 limit = _mm512_set1_ps(static_cast<float>(code_max));
   v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), _mm512_sub_ps(_mm512_setzero_ps(), limit)),
                     limit);
   const __m512 round = _mm512_set1_ps(12582912.0f);
@@ -304,7 +301,8 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512i round_codes(__m512 v,
 
 __attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x, int8_t* hi,
                                                                         uint8_t* lo,
-                                                                        int32_t* hi_sum) {
+                                                                        int32_t* hi_sum,
+                                                                        int32_t code_max) {
   const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x)), b = _mm512_abs_ps(_mm512_loadu_ps(x + 16));
   const __m512 inf = _mm512_set1_ps(INFINITY);
   if ((_mm512_cmp_ps_mask(a, inf, _CMP_LT_OQ) & _mm512_cmp_ps_mask(b, inf, _CMP_LT_OQ)) != 0xFFFF) {
@@ -314,16 +312,19 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const fl
     return NAN;
   }
   const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
-  const float scale = amax / static_cast<float>(kCodeMax);
-  const __m512 inv = _mm512_set1_ps(amax > 0 ? static_cast<float>(kCodeMax) / amax : 0.0f);
-  const __m512i ca = round_codes(_mm512_loadu_ps(x), inv);
-  const __m512i cb = round_codes(_mm512_loadu_ps(x + 16), inv);
-  const __m512i ha = _mm512_srai_epi32(ca, 8), hb = _mm512_srai_epi32(cb, 8);
+  const float scale = amax / static_cast<float>(code_max);
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? static_cast<float>(code_max) / amax : 0.0f);
+  const __m512i ca = round_codes(_mm512_loadu_ps(x), inv, code_max);
+  const __m512i cb = round_codes(_mm512_loadu_ps(x + 16), inv, code_max);
+  // 8-bit codes are hi themselves; vpmovdb keeps each lane's low byte: lo = q mod 256.
+  const bool wide = code_max > kCode8Max;
+  const __m512i ha = wide ? _mm512_srai_epi32(ca, 8) : ca,
+                hb = wide ? _mm512_srai_epi32(cb, 8) : cb;
+  const __m512i la = wide ? ca : _mm512_setzero_si512(), lb = wide ? cb : _mm512_setzero_si512();
   _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), _mm512_cvtepi32_epi8(ha));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + 16), _mm512_cvtepi32_epi8(hb));
-  // vpmovdb keeps each lane's low byte: lo = q mod 256.
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtepi32_epi8(ca));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + 16), _mm512_cvtepi32_epi8(cb));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo), _mm512_cvtepi32_epi8(la));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + 16), _mm512_cvtepi32_epi8(lb));
   *hi_sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ha, hb));
   return scale;
 }
@@ -590,7 +591,8 @@ PreparedLayout prepared_layout(int64_t k) {
 
 namespace {
 
-float quantize_block16_portable(const float* x, int8_t* hi, uint8_t* lo) {
+// code_max 32767: q = 256·hi + lo; 127: q = hi, lo = 0.
+float quantize_block_portable(const float* x, int8_t* hi, uint8_t* lo, int32_t code_max) {
   float amax = 0;
   bool finite = true;
   for (int64_t i = 0; i < kQuantBlock; ++i) {
@@ -602,7 +604,7 @@ float quantize_block16_portable(const float* x, int8_t* hi, uint8_t* lo) {
     std::fill_n(lo, kQuantBlock, uint8_t{0});
     return NAN;
   }
-  const float limit = static_cast<float>(kCodeMax);
+  const float limit = static_cast<float>(code_max);
   const float scale = amax / limit;
   const float inv = amax > 0 ? limit / amax : 0.0f;
   // Adding and removing 1.5·2^23 rounds to the nearest integer, ties to even, as lrintf does
@@ -611,25 +613,31 @@ float quantize_block16_portable(const float* x, int8_t* hi, uint8_t* lo) {
   for (int64_t i = 0; i < kQuantBlock; ++i) {
     const float v = std::clamp(x[i] * inv, -limit, limit);
     const auto q = static_cast<int32_t>((v + kRound) - kRound);
-    hi[i] = static_cast<int8_t>(q >> 8);  // floor(q / 256): arithmetic shift
-    lo[i] = static_cast<uint8_t>(q & 0xFF);
+    const bool wide = code_max > kCode8Max;
+    hi[i] = static_cast<int8_t>(wide ? q >> 8 : q);  // floor(q / 256): arithmetic shift
+    lo[i] = static_cast<uint8_t>(wide ? q & 0xFF : 0);
   }
+  return scale;
+}
+
+float quantize_block(const float* x, int8_t* hi, uint8_t* lo, int32_t* hi_sum, Isa isa,
+                     int32_t code_max) {
+#if defined(__x86_64__)
+  if (has_avx512(isa)) return quantize_block_avx512(x, hi, lo, hi_sum, code_max);
+#else
+  (void)isa;
+#endif
+  const float scale = quantize_block_portable(x, hi, lo, code_max);
+  int32_t s = 0;
+  for (int64_t i = 0; i < kQuantBlock; ++i) s += hi[i];
+  *hi_sum = s;
   return scale;
 }
 
 }  // namespace
 
 float quantize_activations16(const float* x, int8_t* hi, uint8_t* lo, int32_t* hi_sum, Isa isa) {
-#if defined(__x86_64__)
-  if (has_avx512(isa)) return quantize_block_avx512(x, hi, lo, hi_sum);
-#else
-  (void)isa;
-#endif
-  const float scale = quantize_block16_portable(x, hi, lo);
-  int32_t s = 0;
-  for (int64_t i = 0; i < kQuantBlock; ++i) s += hi[i];
-  *hi_sum = s;
-  return scale;
+  return quantize_block(x, hi, lo, hi_sum, isa, kCodeMax);
 }
 
 void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* out, Isa isa) {
@@ -643,14 +651,15 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
   uint8_t o[kQuantBlock];
   for (int64_t b = 0; b < blocks; ++b) {
     int32_t sum;  // Σ hi of the block, for the zero-point corrections
-    scales[b] = quantize_activations16(x + b * kQuantBlock, h, o, &sum, isa);
+    scales[b] = quantize_block(x + b * kQuantBlock, h, o, &sum, isa,
+                               format == WeightFormat::kQ4 ? kCode8Max : kCodeMax);
     if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
       const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf, second = first + 2 * kQuantBlock;
       std::memcpy(hi + first, h, kHalf);
       std::memcpy(hi + second, h + kHalf, kHalf);
       std::memcpy(lo + first, o, kHalf);
       std::memcpy(lo + second, o + kHalf, kHalf);
-      // Four VNNI lanes per block; together they subtract 128 · Σhi (the levels come biased).
+      // Four VNNI lanes per block; together they subtract 128 · Σ codes (the levels come biased).
       for (int j = 0; j < 4; ++j) zero[(b / 4) * 32 + (b % 4) * 4 + j] = -32 * sum;
     } else {
       std::memcpy(hi + b * kQuantBlock, h, kQuantBlock);
@@ -663,7 +672,7 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
   }
   auto* codes = reinterpret_cast<int16_t*>(out + l.codes);
   for (int64_t i = 0; i < blocks * kQuantBlock; ++i)
-    codes[i] = static_cast<int16_t>(hi[i] * 256 + lo[i]);
+    codes[i] = static_cast<int16_t>(format == WeightFormat::kQ4 ? hi[i] : hi[i] * 256 + lo[i]);
 }
 
 bool has_avx512_vbmi() {
