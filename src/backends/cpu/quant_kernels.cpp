@@ -412,8 +412,12 @@ __attribute__((target(WHALE_AVX2))) void q8_tile_avx2(const uint8_t* xp, int64_t
   }
 }
 
-// As q8_tile_avx2, with the codes first looked up as their signed levels (one byte shuffle per
-// nibble half), over the full groups (kernel order); the blocks after them in scalar code.
+// q4 on AVX2: the codes looked up (one byte shuffle per nibble half) as their levels' magnitudes
+// and signs, and the sign moved onto the activations' 8-bit codes (vpsignb), so that vpmaddubsw
+// multiplies |w| (unsigned) by ±x: each pair's sum is at most 2 · 127 · 127, no saturation.
+// vpmaddwd by ones widens the pairs to 32 bits. Two blocks (32 bytes of codes) per step, over
+// the full groups (kernel order); the blocks after them in scalar code. R rows by T tokens, each
+// row's codes looked up once for the T; a pair's sums run in the same order whatever R and T are.
 template <int R, int T>
 __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t ldx,
                                                       const Matrix& w, int64_t r, float* out,
@@ -423,45 +427,50 @@ __attribute__((target(WHALE_AVX2))) void q4_tile_avx2(const uint8_t* xp, int64_t
   const int64_t grouped = w.cols / kGroup * 4;  // blocks in full groups: a multiple of 4
   const RowPointers<R> p(w, r);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
-  const __m256i levels = _mm256_broadcastsi128_si256(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels)));
+  const __m128i signed_levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
+  const __m256i levels = _mm256_broadcastsi128_si256(signed_levels);
+  const __m256i magnitudes = _mm256_broadcastsi128_si256(_mm_abs_epi8(signed_levels));
+  const __m256i ones = _mm256_set1_epi16(1);
+  // Lanes 0-3 hold block b, lanes 4-7 block b + 1.
+  const __m256i halves = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
   __m256 acc[R][T];
   for (int i = 0; i < R; ++i) {
     for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
   }
   alignas(32) float scales[T][R][8];
-  // Two blocks (32 bytes of codes) per step: one 256-bit lookup per nibble half serves both.
   for (int64_t b = 0; b < grouped; b += 2) {
     if (b % 8 == 0) {
       for (int t = 0; t < T; ++t)
         block_scales_avx2<R>(p, x[t].scales, b, grouped, kPrefetch / kHalf, scales[t]);
     }
-    // The activations of block b's low nibbles (its first 16 columns) at `first`, its high ones
-    // 64 further; block b + 1's 16 after each.
+    // The activations of block b's low nibbles (its first 16 columns) at `first`, block b + 1's
+    // 16 after them; their high nibbles' 64 further.
     const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf;
+    __m256i xl[T], xh[T];
+    for (int t = 0; t < T; ++t) {
+      xl[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].hi + first));
+      xh[t] =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].hi + first + 2 * kQuantBlock));
+    }
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = p.data[i] + b * kHalf;
       if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetch), _MM_HINT_T1);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
-      const __m256i low = _mm256_shuffle_epi8(levels, _mm256_and_si256(v, nibble));
-      const __m256i high =
-          _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble));
-      const __m256i wa0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(low));
-      const __m256i wb0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(high));
-      const __m256i wa1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1));
-      const __m256i wb1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1));
+      const __m256i low = _mm256_and_si256(v, nibble);
+      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+      const __m256i low_w = _mm256_shuffle_epi8(levels, low);
+      const __m256i high_w = _mm256_shuffle_epi8(levels, high);
+      const __m256i low_m = _mm256_shuffle_epi8(magnitudes, low);
+      const __m256i high_m = _mm256_shuffle_epi8(magnitudes, high);
       for (int t = 0; t < T; ++t) {
-        const int16_t* c = x[t].codes + first;
-        const __m256i d0 =
-            _mm256_add_epi32(_mm256_madd_epi16(wa0, codes16_avx2(c)),
-                             _mm256_madd_epi16(wb0, codes16_avx2(c + 2 * kQuantBlock)));
-        const __m256i d1 =
-            _mm256_add_epi32(_mm256_madd_epi16(wa1, codes16_avx2(c + kHalf)),
-                             _mm256_madd_epi16(wb1, codes16_avx2(c + kHalf + 2 * kQuantBlock)));
-        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0),
-                                    _mm256_broadcast_ss(&scales[t][i][b % 8]), acc[i][t]);
-        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1),
-                                    _mm256_broadcast_ss(&scales[t][i][b % 8 + 1]), acc[i][t]);
+        const __m256i pl = _mm256_maddubs_epi16(low_m, _mm256_sign_epi8(xl[t], low_w));
+        const __m256i ph = _mm256_maddubs_epi16(high_m, _mm256_sign_epi8(xh[t], high_w));
+        const __m256i d =
+            _mm256_add_epi32(_mm256_madd_epi16(pl, ones), _mm256_madd_epi16(ph, ones));
+        const __m256 pair = _mm256_castps128_ps256(_mm_castsi128_ps(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&scales[t][i][b % 8]))));
+        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_permutevar8x32_ps(pair, halves),
+                                    acc[i][t]);
       }
     }
   }
