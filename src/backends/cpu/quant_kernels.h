@@ -29,8 +29,8 @@ struct PreparedLayout {
   int64_t scales = 0;  // f32 [k / 32]
   int64_t zero = 0;    // int32 [k / 128][32]: the zero-point correction per VNNI lane of each
                        // full group (kQ4: 16 lanes; kQ8: 2 × 16, see quant_kernels.cpp)
-  int64_t codes = 0;   // int16 [k]: the codes themselves, in hi's order, for the AVX2 kernels'
-                       // 16-bit products
+  int64_t codes = 0;   // int16 [k]: the codes themselves, in hi's order, for the AVX2 q8
+                       // kernel's 16-bit products and the scalar block sums
   int64_t bytes = 0;   // total
 };
 PreparedLayout prepared_layout(int64_t k);
