@@ -152,8 +152,9 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     return;
   }
   if (w.format != ops::WeightFormat::kDense) {
-    // Each token's activations are rounded to 16-bit block codes once, then multiplied with four
-    // rows of codes by up to two tokens at a time, tokens in chunks that stay in L2.
+    // Each token's activations are rounded to block codes once (16-bit for q8, 8-bit for q4),
+    // then multiplied with four rows of codes by up to two tokens at a time, tokens in chunks
+    // that stay in L2.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
     const int64_t stride = prepared_layout(w.cols).bytes;
     thread_local std::vector<uint8_t> prepared;

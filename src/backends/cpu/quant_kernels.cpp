@@ -32,7 +32,7 @@ struct Prepared {
   const float* scales;
   const int32_t* zero;
   const int16_t* codes;
-  // Element i's 16-bit code.
+  // Element i's code (16-bit for kQ8, 8-bit for kQ4).
   int32_t code(int64_t i) const { return codes[i]; }
 };
 

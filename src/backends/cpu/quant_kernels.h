@@ -9,7 +9,7 @@
 //   product per block.
 // - kQ4: 8-bit codes (q_max 127), one byte product per four weights. Against 16-bit codes they
 //   raised q4's KL on whale-mini by 1-4% and left its top-1 agreement within ±0.1 points (its
-//   error is its weights'), and made its prefill about 1.25× as fast on AVX-512 (bench/README).
+//   error is its weights'), and made its prefill 1.1-1.5× as fast on AVX-512 (bench/README).
 #pragma once
 
 #include <cstdint>
