@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
+#include <thread>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -133,6 +135,47 @@ TEST(ThreadPool, GrainAndExceptions) {
   // The pool still works afterwards.
   std::atomic<int64_t> sum = 0;
   pool.parallel_for(100, [&](int64_t b, int64_t e) { sum += e - b; });
+  EXPECT_EQ(sum.load(), 100);
+}
+
+// A balanced job runs every item once; when one thread is held up, the others take what is
+// left of its share, and an exception still reaches the caller.
+TEST(ThreadPool, BalancedJobsCoverEveryItemAndShareTheSlowThreadsWork) {
+  ThreadPool pool(3);
+  for (int64_t n : {1, 2, 3, 5, 24, 1000}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    pool.parallel_for_balanced(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+    });
+    for (auto& h : hits) EXPECT_EQ(h.load(), 1) << n;
+  }
+  // Item 0, the caller's first, waits until every other item has run: the workers must take
+  // the rest of the caller's share (items 1-9) as well as their own. The wait is bounded, so a
+  // pool that does not share fails the test instead of hanging it.
+  constexpr int64_t kItems = 30;
+  std::vector<std::atomic<int>> by(static_cast<size_t>(kItems));
+  std::atomic<int> done = 0;
+  const std::thread::id caller = std::this_thread::get_id();
+  pool.parallel_for_balanced(kItems, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (i == 0) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (done.load() < kItems - 1 && std::chrono::steady_clock::now() < until)
+          std::this_thread::yield();
+      }
+      by[static_cast<size_t>(i)] = std::this_thread::get_id() == caller ? 1 : 2;
+      done++;
+    }
+  });
+  EXPECT_EQ(done.load(), kItems);
+  for (int64_t i = 1; i < kItems / 3; ++i) EXPECT_EQ(by[static_cast<size_t>(i)].load(), 2) << i;
+  EXPECT_THROW(pool.parallel_for_balanced(50,
+                                          [](int64_t b, int64_t) {
+                                            if (b == 7) throw std::runtime_error("item failed");
+                                          }),
+               std::runtime_error);
+  std::atomic<int64_t> sum = 0;
+  pool.parallel_for_balanced(100, [&](int64_t b, int64_t e) { sum += e - b; });
   EXPECT_EQ(sum.load(), 100);
 }
 

@@ -48,6 +48,7 @@ int available_cores() {
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads > 0 ? n_threads : available_cores()) {
+  shares_ = std::make_unique<Share[]>(static_cast<size_t>(n_threads_));
   const bool oversubscribed = n_threads_ > available_cores();
   worker_spins_ = oversubscribed ? kOversubscribedSpins : kWorkerSpins;
   caller_spins_ = oversubscribed ? kOversubscribedSpins : kCallerSpins;
@@ -68,7 +69,18 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+void ThreadPool::record_error() {
+  // Kept for the caller; the other chunks still run to the end so that no worker touches the
+  // job after parallel_for returns.
+  std::lock_guard lock(error_mutex_);
+  if (!error_) error_ = std::current_exception();
+}
+
 void ThreadPool::run_chunk(int index) {
+  if (job_balanced_) {
+    run_balanced(index);
+    return;
+  }
   if (index >= job_chunks_) return;
   const int64_t begin = job_n_ * index / job_chunks_;
   const int64_t end = job_n_ * (index + 1) / job_chunks_;
@@ -76,10 +88,39 @@ void ThreadPool::run_chunk(int index) {
   try {
     (*job_)(begin, end);
   } catch (...) {
-    // Kept for the caller; the other chunks still run to the end so that no worker touches
-    // the job after parallel_for returns.
-    std::lock_guard lock(error_mutex_);
-    if (!error_) error_ = std::current_exception();
+    record_error();
+  }
+}
+
+namespace {
+
+// Takes the first (from_back false) or last item of a share; -1 once it is empty.
+int64_t take(std::atomic<uint64_t>& span, bool from_back) {
+  uint64_t s = span.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint64_t front = s & 0xFFFFFFFFu, back = s >> 32;
+    if (front >= back) return -1;
+    const uint64_t next = from_back ? front | (back - 1) << 32 : (front + 1) | back << 32;
+    if (span.compare_exchange_weak(s, next, std::memory_order_relaxed))
+      return static_cast<int64_t>(from_back ? back - 1 : front);
+  }
+}
+
+}  // namespace
+
+void ThreadPool::run_balanced(int index) {
+  auto run = [&](int64_t i) {
+    try {
+      (*job_)(i, i + 1);
+    } catch (...) {
+      record_error();
+    }
+  };
+  for (int64_t i = take(shares_[index].span, false); i >= 0; i = take(shares_[index].span, false))
+    run(i);
+  for (int k = 1; k < n_threads_; ++k) {
+    std::atomic<uint64_t>& other = shares_[(index + k) % n_threads_].span;
+    for (int64_t i = take(other, true); i >= 0; i = take(other, true)) run(i);
   }
 }
 
@@ -110,6 +151,30 @@ void ThreadPool::parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn,
   job_ = &fn;
   job_n_ = n;
   job_chunks_ = chunks;
+  job_balanced_ = false;
+  run_job();
+}
+
+void ThreadPool::parallel_for_balanced(int64_t n, FunctionRef<void(int64_t, int64_t)> fn) {
+  if (n <= 0) return;
+  if (n_threads_ == 1 || n == 1 || n > int64_t{0xFFFFFFFF}) {
+    parallel_for(n, fn);  // nothing to balance, or too many items to pack
+    return;
+  }
+  for (int k = 0; k < n_threads_; ++k) {
+    const auto front = static_cast<uint64_t>(n * k / n_threads_);
+    const auto back = static_cast<uint64_t>(n * (k + 1) / n_threads_);
+    shares_[k].span.store(front | back << 32, std::memory_order_relaxed);
+  }
+  job_ = &fn;
+  job_n_ = n;
+  job_chunks_ = n_threads_;
+  job_balanced_ = true;
+  run_job();
+}
+
+void ThreadPool::run_job() {
+  // The release increment of generation_ publishes the job (and the shares) to the workers.
   pending_.store(n_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -32,9 +33,20 @@ class ThreadPool {
   // has finished. Not reentrant: fn must not call parallel_for. One caller at a time.
   void parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t)> fn, int64_t grain = 1);
 
+  // Runs fn(begin, end) on ranges that cover [0, n) once, mostly one item per call: each
+  // thread walks its own contiguous share from the front, and a thread that has finished takes
+  // items from the back of the others'. For jobs whose threads are slowed unevenly (by each
+  // other's memory traffic, by the host): no thread waits while another still has a share
+  // left, and each thread's reads stay one forward stream until then. Same error handling as
+  // parallel_for.
+  void parallel_for_balanced(int64_t n, FunctionRef<void(int64_t, int64_t)> fn);
+
  private:
   void worker_loop(int index);
   void run_chunk(int index);
+  void run_balanced(int index);
+  void run_job();
+  void record_error();
 
   int n_threads_;
   int worker_spins_ = 0;  // pauses before a worker sleeps, or the caller waits on a futex
@@ -49,6 +61,13 @@ class ThreadPool {
   const FunctionRef<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int job_chunks_ = 0;
+  bool job_balanced_ = false;
+  // Per thread, for balanced jobs: the items [front, back) not yet taken, packed as
+  // front | back << 32. Each on its own cache line: the owner takes from it at every item.
+  struct alignas(64) Share {
+    std::atomic<uint64_t> span{0};
+  };
+  std::unique_ptr<Share[]> shares_;
   std::mutex error_mutex_;
   std::exception_ptr error_;
 };

@@ -1,6 +1,7 @@
 #include "backends/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -89,6 +90,10 @@ constexpr int64_t kColumnBlock = 16;
 // Prepared activations of a chunk of tokens that the vector kernels keep in L2 while they
 // walk the rows over them.
 constexpr int64_t kTokenChunkBytes = 256 * 1024;
+// Pieces of a batch per thread for parallel_for_balanced: a thread that finishes early takes
+// the others' last pieces. Measured in decode against one piece per thread (batches' time, the
+// two taken in turn within each run): 0.6-5.7% less, 3% on average, in bf16, q8 and q4.
+constexpr int64_t kPieces = 8;
 
 int64_t task_units(const ops::MatmulTask& t) {
   return t.transposed ? (t.w.cols + kColumnBlock - 1) / kColumnBlock : t.w.rows;
@@ -105,6 +110,33 @@ int64_t unit_cost(const ops::MatmulTask& t, bool tiles) {
   return std::max<int64_t>(1, t.w.cols * blocks);
 }
 
+// The activations a thread last prepared for a kernel (widened from bf16, or rounded to block
+// codes), with what they were made from. A batch's tasks come to a thread in pieces, and an
+// expert's up product follows its gate on the same inputs: within one batch, those reuse the
+// copy instead of preparing it again.
+template <class T>
+struct PreparedInputs {
+  uint64_t batch = 0;  // 0: none yet
+  const float* x = nullptr;
+  int64_t ldx = 0, n = 0, cols = 0;
+  int kind = 0;
+  std::vector<T> data;
+
+  // Whether data already holds task t's activations in this kind; otherwise makes room for
+  // `count` elements and takes them as t's (the caller prepares them).
+  bool reuse(uint64_t b, const ops::MatmulTask& t, int k, int64_t count) {
+    if (b != 0 && b == batch && t.x == x && t.ldx == ldx && t.n == n && t.w.cols == cols &&
+        k == kind)
+      return true;
+    grow(data, count);
+    batch = b, x = t.x, ldx = t.ldx, n = t.n, cols = t.w.cols, kind = k;
+    return false;
+  }
+};
+
+// Numbers every batch, so a thread's prepared inputs are never taken for another batch's.
+std::atomic<uint64_t> batch_counter{0};
+
 }  // namespace
 
 void CpuBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
@@ -119,7 +151,7 @@ void CpuBackend::matmul_t(float* y, int64_t ldy, const float* x, int64_t ldx, in
   matmul_batch(std::span(&task, 1));
 }
 
-void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
+void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1, uint64_t batch,
                              const AmxActivations* amx) const {
   const ops::Matrix& w = t.w;
   if (amx) {
@@ -135,10 +167,12 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     // every row of the range passes over them, four rows staying in L1 (L2 at V3's widths) for
     // the whole chunk. A sum does not depend on the rows or tokens beside it, so a row's result
     // never depends on its batch.
-    thread_local std::vector<float> prepared;
-    grow(prepared, t.n * w.cols);
-    for (int64_t i = 0; i < t.n; ++i)
-      bf16_.prepare(t.x + i * t.ldx, w.cols, prepared.data() + i * w.cols);
+    thread_local PreparedInputs<float> inputs;
+    if (!inputs.reuse(batch, t, 0, t.n * w.cols)) {
+      for (int64_t i = 0; i < t.n; ++i)
+        bf16_.prepare(t.x + i * t.ldx, w.cols, inputs.data.data() + i * w.cols);
+    }
+    const std::vector<float>& prepared = inputs.data;
     const int64_t chunk = std::max<int64_t>(4, kTokenChunkBytes / (4 * w.cols) / 4 * 4);
     for (int64_t i0 = 0; i0 < t.n; i0 += chunk) {
       const int tokens = static_cast<int>(std::min(chunk, t.n - i0));
@@ -157,10 +191,12 @@ void CpuBackend::matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
     // that stay in L2.
     const QuantRowsFn rows_kernel = quant_rows_kernel(isa_, w.format);
     const int64_t stride = prepared_layout(w.cols).bytes;
-    thread_local std::vector<uint8_t> prepared;
-    grow(prepared, t.n * stride);
-    for (int64_t i = 0; i < t.n; ++i)
-      prepare_quantized(t.x + i * t.ldx, w.cols, w.format, prepared.data() + i * stride, isa_);
+    thread_local PreparedInputs<uint8_t> inputs;
+    if (!inputs.reuse(batch, t, static_cast<int>(w.format), t.n * stride)) {
+      for (int64_t i = 0; i < t.n; ++i)
+        prepare_quantized(t.x + i * t.ldx, w.cols, w.format, inputs.data.data() + i * stride, isa_);
+    }
+    const std::vector<uint8_t>& prepared = inputs.data;
     const int64_t chunk = std::max<int64_t>(2, kTokenChunkBytes / stride / 4 * 4);
     for (int64_t i0 = 0; i0 < t.n; i0 += chunk) {
       const int tokens = static_cast<int>(std::min(chunk, t.n - i0));
@@ -269,8 +305,9 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
   }
   if (total == 0) return;
   constexpr int64_t kMinCostPerThread = 1 << 14;  // below this, waking a thread costs more
-  const int64_t chunks = std::clamp<int64_t>(total / kMinCostPerThread, 1, pool_.size());
-  pool_.parallel_for(chunks, [&](int64_t k0, int64_t k1) {
+  const int64_t chunks = std::clamp<int64_t>(total / kMinCostPerThread, 1, pool_.size() * kPieces);
+  const uint64_t batch = batch_counter.fetch_add(1, std::memory_order_relaxed) + 1;
+  pool_.parallel_for_balanced(chunks, [&](int64_t k0, int64_t k1) {
     const int64_t lo = total * k0 / chunks, hi = total * k1 / chunks;
     int64_t offset = 0;
     for (size_t i = 0; i < tasks.size(); ++i) {
@@ -285,7 +322,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       if (t.transposed) {
         matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
       } else {
-        matmul_rows(t, u0, u1, slot[i] >= 0 ? &amx[static_cast<size_t>(slot[i])] : nullptr);
+        matmul_rows(t, u0, u1, batch, slot[i] >= 0 ? &amx[static_cast<size_t>(slot[i])] : nullptr);
       }
     }
   });

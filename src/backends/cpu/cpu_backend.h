@@ -34,9 +34,10 @@ class CpuBackend final : public ops::Backend {
   void attention(const ops::AttentionArgs& a) const override;
 
  private:
-  // Output columns [r0, r1) of a task (weight rows r0..r1), or of a transposed one.
-  // `amx`, when given, holds the task's activations in tile order.
-  void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1,
+  // Output columns [r0, r1) of a task (weight rows r0..r1). `batch` numbers the matmul_batch
+  // call (a thread reuses its prepared activations within one). `amx`, when given, holds the
+  // task's activations in tile order.
+  void matmul_rows(const ops::MatmulTask& t, int64_t r0, int64_t r1, uint64_t batch,
                    const AmxActivations* amx = nullptr) const;
   bool use_amx(const ops::MatmulTask& t) const;
   void matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) const;
