@@ -87,8 +87,13 @@ void softmax_row_generic(float* s, int64_t n, int64_t width) { softmax_row(s, n,
 using ScorePairFn = void (*)(const float* const*, const float*, int64_t, float, float* const*,
                              float* const*);
 
+// o[q][0, dv) = Σ_j p[q][j] · v_j over keys j < n, kQ queries: where given, it replaces the
+// body's weigh_values.
+using WeighFn = void (*)(const float* const*, int64_t, const float*, int64_t, float* const*,
+                         int64_t);
+
 template <ScoreBlockFn Score, SoftmaxRowFn Softmax = softmax_row_generic,
-          ScorePairFn ScorePair = nullptr>
+          ScorePairFn ScorePair = nullptr, WeighFn Weigh = nullptr>
 WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   int64_t most = 0;
   for (int i = 0; i < b.n_q; ++i) most = std::max(most, b.visible[i]);
@@ -119,6 +124,10 @@ WHALE_INLINE void attention_block_body(const AttentionBlock& b) {
   for (int i = 0; i < kQ; ++i) Softmax(rows[i], i < b.n_q ? b.visible[i] : 0, width);
   const float* p[kQ];
   for (int i = 0; i < kQ; ++i) p[i] = rows[i];
+  if constexpr (Weigh != nullptr) {
+    Weigh(p, most, b.v, b.v_row, out, b.dv);
+    return;
+  }
   // kQ · 32 accumulators: 16 vector registers on AVX-512.
   int64_t c = 0;
   for (; c + 32 <= b.dv; c += 32) weigh_values<32>(p, most, b.v, b.v_row, out, c);
@@ -356,14 +365,82 @@ __attribute__((target("avx512f,fma"))) void multi_query_avx512(const MultiQueryP
   for (int64_t c = dv_vec; c < p.dv; ++c) mq_values<1>(p, c);
 }
 
+// Prefill attention in AVX2 intrinsics. Left to the compiler, the generic body kept its
+// accumulators on the stack: 51.7 GFLOP/s for 512 queries over 16 heads, against 172.5 for the
+// AVX-512 kernel (lab, AMD Zen 4, 2 threads).
+// Scores of kQ queries, four at a time: 8 accumulators (two registers of 8 keys per query) with
+// the block's two key vectors and a broadcast query element fill 11 of the 16 registers.
 __attribute__((target("avx2,fma"))) void score_block_avx2(const float* const* q, const float* kt,
                                                           int64_t dk, float scale,
                                                           float* const* out) {
-  score_block(q, kt, dk, scale, out);
+  constexpr int kPart = 4;
+  const __m256 s = _mm256_set1_ps(scale);
+  for (int i0 = 0; i0 < kQ; i0 += kPart) {
+    __m256 lo[kPart], hi[kPart];
+    for (int i = 0; i < kPart; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dk; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(kt + d * 16), k1 = _mm256_loadu_ps(kt + d * 16 + 8);
+      for (int i = 0; i < kPart; ++i) {
+        const __m256 qd = _mm256_broadcast_ss(q[i0 + i] + d);
+        lo[i] = _mm256_fmadd_ps(qd, k0, lo[i]);
+        hi[i] = _mm256_fmadd_ps(qd, k1, hi[i]);
+      }
+    }
+    for (int i = 0; i < kPart; ++i) {
+      _mm256_storeu_ps(out[i0 + i], _mm256_mul_ps(lo[i], s));
+      _mm256_storeu_ps(out[i0 + i] + 8, _mm256_mul_ps(hi[i], s));
+    }
+  }
+}
+
+// softmax_row in 8 lanes.
+__attribute__((target("avx2,fma"))) void softmax_row_avx2(float* s, int64_t n, int64_t width) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+  float max = hmax256(m);
+  for (int64_t t = j; t < n; ++t) max = std::max(max, s[t]);
+  const __m256 vmax = _mm256_set1_ps(max);
+  __m256 sum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmax));
+    _mm256_storeu_ps(s + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float total = hsum256(sum);
+  for (int64_t t = j; t < n; ++t) {
+    s[t] = exp_nonpositive(s[t] - max);
+    total += s[t];
+  }
+  const float inv = 1.0f / total;
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (j = 0; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vinv));
+  for (; j < n; ++j) s[j] *= inv;
+  for (j = n; j < width; ++j) s[j] = 0.0f;
+}
+
+// Values 8 columns at a time: 8 accumulators (one per query), the value vector and a broadcast
+// weight.
+__attribute__((target("avx2,fma"))) void weigh_values_avx2(const float* const* p, int64_t n,
+                                                           const float* v, int64_t v_row,
+                                                           float* const* o, int64_t dv) {
+  int64_t c = 0;
+  for (; c + 8 <= dv; c += 8) {
+    __m256 acc[kQ];
+    for (int i = 0; i < kQ; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 vr = _mm256_loadu_ps(v + j * v_row + c);
+      for (int i = 0; i < kQ; ++i)
+        acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(p[i] + j), vr, acc[i]);
+    }
+    for (int i = 0; i < kQ; ++i) _mm256_storeu_ps(o[i] + c, acc[i]);
+  }
+  for (; c < dv; ++c) weigh_values<1>(p, n, v, v_row, o, c);
 }
 
 __attribute__((target("avx2,fma"))) void attention_avx2(const AttentionBlock& b) {
-  attention_block_body<score_block_avx2>(b);
+  attention_block_body<score_block_avx2, softmax_row_avx2, nullptr, weigh_values_avx2>(b);
 }
 
 // The scores in intrinsics: the compiler kept the generic version's accumulators on the stack.

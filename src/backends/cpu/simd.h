@@ -15,6 +15,22 @@
 
 namespace whale::cpu {
 
+#if defined(__x86_64__)
+// The sum and the maximum of an AVX2 register's 8 lanes.
+__attribute__((target("avx2"))) inline float hsum256(__m256 v) {
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+__attribute__((target("avx2"))) inline float hmax256(__m256 v) {
+  __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_max_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+#endif
+
 // The instantiations K<R, T>::run of a tile kernel for R = 1..4 rows and T = 1..T_MAX tokens,
 // at index (R - 1)·T_MAX + T - 1: picked at run time by the rows and tokens left.
 template <template <int, int> class K, int T_MAX, size_t... I>
