@@ -117,7 +117,7 @@ int64_t unit_cost(const ops::MatmulTask& t, bool tiles) {
 // copy instead of preparing it again.
 template <class T>
 struct PreparedInputs {
-  uint64_t batch = 0;  // 0: none yet
+  uint64_t batch = 0;  // 0: none yet (batches are numbered from 1)
   const float* x = nullptr;
   int64_t ldx = 0, n = 0, cols = 0;
   int kind = 0;
@@ -126,8 +126,7 @@ struct PreparedInputs {
   // Whether data already holds task t's activations in this kind; otherwise makes room for
   // `count` elements and takes them as t's (the caller prepares them).
   bool reuse(uint64_t b, const ops::MatmulTask& t, int k, int64_t count) {
-    if (b != 0 && b == batch && t.x == x && t.ldx == ldx && t.n == n && t.w.cols == cols &&
-        k == kind)
+    if (b == batch && t.x == x && t.ldx == ldx && t.n == n && t.w.cols == cols && k == kind)
       return true;
     grow(data, count);
     batch = b, x = t.x, ldx = t.ldx, n = t.n, cols = t.w.cols, kind = k;
