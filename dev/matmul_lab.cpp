@@ -218,6 +218,26 @@ int main(int argc, char** argv) {
     a.k = a.v = cache.data();
     std::printf("  as in the model (cache from L3):   %8.3f ms  %7.1f GFLOP/s\n",
                 (t_cold - t_stream) * 1e3, flops / (t_cold - t_stream) * 1e-9);
+    // The same over a bf16 cache.
+    std::vector<uint16_t> cache16(cache.size());
+    for (size_t i = 0; i < cache.size(); ++i) cache16[i] = f32_to_bf16(cache[i]);
+    a.k = a.v = nullptr;
+    a.k16 = a.v16 = cache16.data();
+    const double t16 = seconds([&] { ops.attention(a); }, attention_only ? 5000 : 50);
+    std::printf("  bf16 cache:                        %8.3f ms  %7.1f GFLOP/s\n", t16 * 1e3,
+                flops / t16 * 1e-9);
+    std::vector<std::vector<uint16_t>> layers16(12, cache16);
+    const double t16_cold = seconds(
+        [&] {
+          stream();
+          a.k16 = a.v16 = layers16[layer++ % layers16.size()].data();
+          ops.attention(a);
+        },
+        cold_reps);
+    std::printf("  bf16, as in the model:             %8.3f ms  %7.1f GFLOP/s\n",
+                (t16_cold - t_stream) * 1e3, flops / (t16_cold - t_stream) * 1e-9);
+    a.k = a.v = cache.data();
+    a.k16 = a.v16 = nullptr;
   }
   // Prefill's naive-form attention: 512 causal queries, 16 heads with their own keys (qk 96,
   // v 64), as synth-v3-1b's layers run it.

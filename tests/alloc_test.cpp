@@ -110,28 +110,31 @@ TEST_P(DecodeAllocations, StepAllocatesNothingOnceWarm) {
   cpu::CpuBackend cpu(pool, GetParam().isa);
   const std::vector<int32_t> prompt = test::fixture_ids("v3_yarn");
   ASSERT_GE(prompt.size(), 8u);
-  model::KvCache cache(m->config(), 64);
-  std::vector<float> logits;
-  auto step = [&](std::span<const int32_t> ids) {
-    return m->forward(cpu, ids, cache, &logits).ok();
-  };
-  auto argmax = [&] {
-    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  };
-  // A first sequence takes every buffer to the sizes of a context of 48; the second then runs
-  // in them, each step counted.
-  ASSERT_TRUE(step(std::span(prompt).first(8)));
-  for (int t = 0; t < 40; ++t) {
-    const int32_t id = argmax();
-    ASSERT_TRUE(step(std::span(&id, 1)));
-  }
-  cache.clear();
-  ASSERT_TRUE(step(std::span(prompt).first(8)));
-  for (int t = 0; t < 30; ++t) {
-    const int32_t id = argmax();
-    AllocationCounter counter;
-    ASSERT_TRUE(step(std::span(&id, 1)));
-    ASSERT_EQ(counter.count(), 0) << "decode step " << t;
+  for (const model::KvType kv : {model::KvType::kF32, model::KvType::kBf16}) {
+    SCOPED_TRACE(std::string(model::kv_type_name(kv)) + " cache");
+    model::KvCache cache(m->config(), 64, kv);
+    std::vector<float> logits;
+    auto step = [&](std::span<const int32_t> ids) {
+      return m->forward(cpu, ids, cache, &logits).ok();
+    };
+    auto argmax = [&] {
+      return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    };
+    // A first sequence takes every buffer to the sizes of a context of 48; the second then
+    // runs in them, each step counted.
+    ASSERT_TRUE(step(std::span(prompt).first(8)));
+    for (int t = 0; t < 40; ++t) {
+      const int32_t id = argmax();
+      ASSERT_TRUE(step(std::span(&id, 1)));
+    }
+    cache.clear();
+    ASSERT_TRUE(step(std::span(prompt).first(8)));
+    for (int t = 0; t < 30; ++t) {
+      const int32_t id = argmax();
+      AllocationCounter counter;
+      ASSERT_TRUE(step(std::span(&id, 1)));
+      ASSERT_EQ(counter.count(), 0) << "decode step " << t;
+    }
   }
 }
 

@@ -99,6 +99,8 @@ TEST(Cli, BadInputsGiveClearErrors) {
       {"info " + v2 + " --bogus", "--bogus"},
       {"logits " + v2 + " --ids 1 --threads 100000", "--threads"},
       {"logits " + v2 + " --ids " + long_ids, "301 tokens exceed the model's context of 256"},
+      {"run " + v2 + " -p x --kv-cache f16", "--kv-cache: f16 not in {bf16,f32}"},
+      {"bench " + v2 + " --kv-cache BF16", "--kv-cache: BF16 not in {bf16,f32}"},
   };
   for (const auto& c : cases) {
     std::string out;
@@ -159,6 +161,14 @@ TEST(Cli, BenchReportsSpeedsAgainstMeasuredLimits) {
   EXPECT_EQ(j["amx_bf16_peak_gflops"].get<double>() > 0, j["backend"] == "cpu-amx");
   // Bytes per token from the stored dtypes: the fp8 projections count one byte per weight.
   EXPECT_GT(j["decode_bytes_by_dtype"]["F8_E4M3"].get<double>(), 0);
+  EXPECT_EQ(j["kv_cache"], "bf16");  // the default
+
+  ASSERT_EQ(run_command(whale() + " bench " + q(test::fixture_dir("v3_fp8")) +
+                            " --prompt 8 --gen 2 --reps 1 --kv-cache f32 --json 2>/dev/null",
+                        &out),
+            0)
+      << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["kv_cache"], "f32");
 }
 
 TEST(Cli, FifoInsteadOfAFileDoesNotHang) {

@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "backends/cpu/attention_kernels.h"
 #include "backends/cpu/cpu_backend.h"
 #include "backends/cpu/quant_kernels.h"
 #include "ops/quant.h"
@@ -435,6 +436,58 @@ TEST_P(CpuOps, MultiQueryAttentionSplitsKeys) {
       a.scale = 0.15f;
       SCOPED_TRACE("heads " + std::to_string(heads) + ", queries " + std::to_string(n_q));
       expect_attention_matches_ref(a);
+    }
+  }
+}
+
+// The same over a bf16 cache, rows shared by keys and values (MLA's) or apart, with an odd
+// dimension and value columns past the last 16. Where the kernel rounds queries and weights to
+// bf16 (AVX512-BF16), the reference gets the rounded queries too (the scale is a power of two,
+// so rounding commutes with it), and what is left is the weights' rounding: each within 2^-9,
+// so an output within 2^-9 of its weights' mean of |value| (up to about 2 for these normal
+// values over the fewest keys).
+TEST_P(CpuOps, MultiQueryAttentionOverBf16Cache) {
+  const bool rounds = cpu::multi_query_bf16_rounds(GetParam());
+  struct Shape {
+    int64_t dk, dv;
+    bool shared;
+  };
+  for (const Shape shape : {Shape{37, 29, true}, Shape{72, 64, true}, Shape{40, 21, false}}) {
+    for (const int64_t heads : {int64_t{16}, int64_t{20}, int64_t{3}}) {
+      for (const int64_t n_q : {int64_t{1}, int64_t{5}}) {
+        ops::AttentionArgs a;
+        a.n_q = n_q, a.n_kv = 203, a.n_heads = heads, a.kv_heads = 1;
+        a.dk = shape.dk, a.dv = shape.dv;
+        const int64_t row = shape.dk + 4;
+        std::vector<float> q =
+            random_vector(static_cast<size_t>(a.n_q * a.n_heads * a.dk), 61, 3.0f);
+        const auto kv = random_vector(static_cast<size_t>(a.n_kv * row), 62);
+        const auto vs = random_vector(static_cast<size_t>(a.n_kv * row), 63);
+        std::vector<uint16_t> kv16(kv.size()), v16(vs.size());
+        for (size_t i = 0; i < kv.size(); ++i)
+          kv16[i] = f32_to_bf16(kv[i]), v16[i] = f32_to_bf16(vs[i]);
+        std::vector<int32_t> pos(static_cast<size_t>(a.n_q));
+        for (int64_t t = 0; t < a.n_q; ++t)
+          pos[static_cast<size_t>(t)] = static_cast<int32_t>(a.n_kv - 1 - 40 * t);
+        a.q_row = a.n_heads * a.dk, a.q_head = a.dk;
+        a.k16 = kv16.data() + 4, a.k_row = row;
+        a.v16 = shape.shared ? kv16.data() : v16.data(), a.v_row = row;
+        a.q_pos = pos.data();
+        a.scale = 0.125f;
+        std::vector<float> o_cpu(static_cast<size_t>(a.n_q * a.n_heads * a.dv)),
+            o_ref(o_cpu.size());
+        a.out_row = a.n_heads * a.dv, a.out_head = a.dv;
+        a.q = q.data(), a.out = o_cpu.data();
+        cpu_.attention(a);
+        if (rounds) {
+          for (float& x : q) x = bf16_to_f32(f32_to_bf16(x));
+        }
+        a.q = q.data(), a.out = o_ref.data();
+        ref_.attention(a);
+        SCOPED_TRACE("dk " + std::to_string(a.dk) + ", heads " + std::to_string(heads) +
+                     ", queries " + std::to_string(n_q));
+        expect_close(o_cpu, o_ref, rounds ? 4e-3f : 1e-5f);
+      }
     }
   }
 }

@@ -31,6 +31,7 @@ void add_bench_command(CLI::App& app, BenchArgs& args) {
   cmd->add_option("--reps", args.reps, "repetitions (the median is reported)")
       ->check(CLI::Range(1, 100));
   cmd->add_flag("--json", args.json, "print one JSON object");
+  add_kv_cache_option(cmd, args.kv_cache);
 }
 
 namespace {
@@ -189,7 +190,7 @@ int run_bench(const BenchArgs& args) {
   std::vector<int32_t> prompt(static_cast<size_t>(args.prompt));
   for (auto& id : prompt) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
   std::vector<double> prefill_tps, decode_tps;
-  model::KvCache cache(c, args.prompt + args.gen);
+  model::KvCache cache(c, args.prompt + args.gen, kv_type_of(args.kv_cache));
   std::vector<float> logits;  // reused, like the generator's
   auto step = [&](std::span<const int32_t> ids) {
     return m->model->forward(*m->backend, ids, cache, &logits);
@@ -224,6 +225,7 @@ int run_bench(const BenchArgs& args) {
     j["threads"] = m->pool->size();
     j["backend"] = m->backend->name();
     j["weights_dtype"] = main_form;
+    j["kv_cache"] = args.kv_cache;
     j["prompt_tokens"] = args.prompt;
     j["gen_tokens"] = args.gen;
     j["prefill_tps"] = prefill;
@@ -249,8 +251,8 @@ int run_bench(const BenchArgs& args) {
   if (amx_peak > 0) {
     std::printf(", %.0f GFLOP/s AMX-BF16", amx_peak);
   }
-  std::printf(" (%d threads, %s); weights %s\n", m->pool->size(),
-              std::string(m->backend->name()).c_str(), main_form.c_str());
+  std::printf(" (%d threads, %s); weights %s, KV cache %s\n", m->pool->size(),
+              std::string(m->backend->name()).c_str(), main_form.c_str(), args.kv_cache.c_str());
   std::printf("per token %.1f MB read, %.3fB matmul parameters\n", bytes_per_token / 1e6,
               active_matmul_params / 1e9);
   std::printf("prefill   %.1f tokens/s  (limit %.1f at the %s peak: %.1f%%)  [%d tokens, median of %d]\n",

@@ -122,7 +122,8 @@ int run_chat(const ChatArgs& args) {
   if (!format.ok()) return report("chat", format.error());
 
   install_sigint_handler();
-  runtime::Generator gen(*m->model, m->tokenizer.get(), *m->backend, args.gen.context);
+  runtime::Generator gen(*m->model, m->tokenizer.get(), *m->backend, args.gen.context,
+                         kv_type_of(args.gen.kv_cache));
   std::vector<tok::ChatMessage> messages;
   std::string system = args.gen.system;
   const bool color = interactive && isatty(STDOUT_FILENO);

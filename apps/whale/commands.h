@@ -74,7 +74,11 @@ struct GenerationArgs {
   bool thinking = false;
   int threads = 0;
   int64_t context = 4096;
+  std::string kv_cache = "bf16";
 };
+// --kv-cache bf16|f32, shared by the commands that keep a KV cache, and the type it names.
+void add_kv_cache_option(CLI::App* cmd, std::string& kv);
+model::KvType kv_type_of(const std::string& name);
 void add_generation_options(CLI::App* cmd, GenerationArgs& args);
 // A request with the sampling settings and limits of `args`.
 runtime::GenerationRequest generation_request(const GenerationArgs& args,
@@ -107,6 +111,7 @@ struct ServeArgs {
   int threads = 0;
   std::string chat_format;
   int grace_seconds = 30;
+  std::string kv_cache = "bf16";
 };
 void add_serve_command(CLI::App& app, ServeArgs& args);
 int run_serve(const ServeArgs& args);
@@ -118,6 +123,7 @@ struct BenchArgs {
   int threads = 0;
   int reps = 3;
   bool json = false;
+  std::string kv_cache = "bf16";
 };
 void add_bench_command(CLI::App& app, BenchArgs& args);
 int run_bench(const BenchArgs& args);

@@ -32,6 +32,7 @@ void add_serve_command(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--chat-format", args.chat_format, "v3, r1 or v3.1 (default: from the model)");
   cmd->add_option("--grace", args.grace_seconds, "seconds SIGTERM lets running requests finish")
       ->check(CLI::Range(0, 3600));
+  add_kv_cache_option(cmd, args.kv_cache);
 }
 
 namespace {
@@ -82,6 +83,7 @@ int run_serve(const ServeArgs& args) {
   eo.parallel = args.parallel;
   eo.context = args.context;
   eo.max_queue = args.queue;
+  eo.kv_type = kv_type_of(args.kv_cache);
   runtime::Engine engine(*m->model, *m->tokenizer, *m->backend, eo);
 
   serve::ServerOptions so;

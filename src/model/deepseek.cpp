@@ -103,7 +103,10 @@ Status Model::forward_batch(const ops::Backend& ops, std::span<const BatchItem> 
   const MlaContext mla{ops, c, rope_, softmax_scale_, scratch};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[static_cast<size_t>(l)];
-    for (size_t s = 0; s < items.size(); ++s) seqs[s].cache = items[s].cache->layer(l);
+    for (size_t s = 0; s < items.size(); ++s) {
+      seqs[s].cache = items[s].cache->layer(l);
+      seqs[s].cache_bf16 = items[s].cache->layer_bf16(l);
+    }
     ops.rmsnorm(normed.data(), d, h.data(), d, n, d, lw.attn_norm, eps);
     mla_forward(mla, lw.attn, normed.data(), n, pos.data(), seqs, attention, branch.data());
     for (size_t i = 0; i < h.size(); ++i) h[i] += branch[i];

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/dtype.h"
+
 namespace whale::model {
 
 AttentionForm choose_attention_form(const ModelConfig& c, std::span<const MlaSequence> sequences) {
@@ -51,15 +53,21 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
   ops.rope(q.data() + nope, H * dq, dq, n, H, rope, pos, ctx.rope.inv_freq.data(),
            ctx.rope.amplitude);
 
-  // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw), into each sequence's cache.
+  // New cache rows: c = norm(c_kv), k_rope = RoPE(k_rope_raw), into each sequence's cache
+  // (a bf16 cache takes them rounded from scratch).
   for (const MlaSequence& s : sequences) {
-    float* rows = s.cache + s.n_past * width;
+    const Workspace::Scope per_sequence(ctx.scratch);
+    float* rows = s.cache ? s.cache + s.n_past * width : uninit(s.n * width).data();
     const float* src = kv.data() + s.row * width;
     ops.rmsnorm(rows, width, src, width, s.n, lat, w.kv_a_norm, eps);
     for (int64_t t = 0; t < s.n; ++t)
       std::copy_n(src + t * width + lat, rope, rows + t * width + lat);
     ops.rope(rows + lat, width, 0, s.n, 1, rope, pos + s.row, ctx.rope.inv_freq.data(),
              ctx.rope.amplitude);
+    if (!s.cache) {
+      uint16_t* dst = s.cache_bf16 + s.n_past * width;
+      for (int64_t i = 0; i < s.n * width; ++i) dst[i] = f32_to_bf16(rows[i]);
+    }
   }
 
   const std::span<float> o = uninit(n * H * dv);  // [n, H, v]
@@ -98,8 +106,8 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
       a.dk = width;
       a.dv = lat;
       a.q = q_abs.data() + s.row * H * width, a.q_row = H * width, a.q_head = width;
-      a.k = s.cache, a.k_row = width, a.k_head = 0;
-      a.v = s.cache, a.v_row = width, a.v_head = 0;
+      a.k = s.cache, a.k_row = width, a.k_head = 0, a.k16 = s.cache_bf16;
+      a.v = s.cache, a.v_row = width, a.v_head = 0, a.v16 = s.cache_bf16;
       a.out = o_lat.data() + s.row * H * lat, a.out_row = H * lat, a.out_head = lat;
       ops.attention(a);
     }
@@ -114,14 +122,20 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
       // Expand every cached latent: [n_kv, H, nope + v], then K = [k_nope ; k_rope] per head.
       const int64_t n_kv = s.n_past + s.n;
       const Workspace::Scope per_sequence(ctx.scratch);
+      const float* cache = s.cache;
+      if (!cache) {  // a bf16 cache, widened
+        const std::span<float> widened = uninit(n_kv * width);
+        for (int64_t i = 0; i < n_kv * width; ++i) widened[i] = bf16_to_f32(s.cache_bf16[i]);
+        cache = widened.data();
+      }
       const std::span<float> kvx = uninit(n_kv * H * (nope + dv));
-      ops.matmul(kvx.data(), H * (nope + dv), s.cache, width, n_kv, w.kv_b);
+      ops.matmul(kvx.data(), H * (nope + dv), cache, width, n_kv, w.kv_b);
       const std::span<float> k = uninit(n_kv * H * dq);  // [n_kv, H, nope + rope]
       for (int64_t t = 0; t < n_kv; ++t) {
         for (int64_t h = 0; h < H; ++h) {
           float* dst = k.data() + (t * H + h) * dq;
           std::copy_n(kvx.data() + (t * H + h) * (nope + dv), nope, dst);
-          std::copy_n(s.cache + t * width + lat, rope, dst + nope);
+          std::copy_n(cache + t * width + lat, rope, dst + nope);
         }
       }
       ops::AttentionArgs a = attention_base(s);

@@ -30,12 +30,14 @@ struct MlaContext {
 };
 
 // The rows of one sequence within a batch: rows [row, row + n) of the batch are its tokens at
-// positions n_past.., and `cache` ([capacity, kv_lora + rope], this layer) receives them.
+// positions n_past.., and `cache` ([capacity, kv_lora + rope], this layer) receives them, or
+// `cache_bf16` where the cache stores bf16.
 struct MlaSequence {
   int64_t row = 0;
   int64_t n = 0;
   int64_t n_past = 0;
   float* cache = nullptr;
+  uint16_t* cache_bf16 = nullptr;
 };
 
 // The form kAuto resolves to for these sequences.

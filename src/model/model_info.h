@@ -17,7 +17,7 @@ struct ModelSummary {
   int64_t dense_layers = 0;
   int64_t moe_layers = 0;
   int64_t kv_cache_bytes_per_token_bf16 = 0;      // the latent cache at 2 bytes per value
-  int64_t kv_cache_bytes_per_token_f32 = 0;       // as whale's cache stores it today
+  int64_t kv_cache_bytes_per_token_f32 = 0;       // with --kv-cache f32
   std::map<std::string, int64_t> bytes_by_dtype;  // of every stored tensor, scales included
   int64_t checkpoint_bytes = 0;
   bool has_mtp_tensors = false;

@@ -28,6 +28,10 @@ struct AttentionArgs {
   int64_t out_row = 0, out_head = 0;
   const int32_t* q_pos = nullptr;  // [n_q]
   float scale = 1.0f;              // applied to q·k before the softmax
+  // Keys and values stored as bf16 (a bf16 KV cache), with the same strides, in place of k
+  // and v: for multi-query attention (kv_heads == 1) only.
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
 };
 
 // One product of a batch: y[n, w.rows] = x · wᵀ, or y[n, w.cols] = x · w when transposed.

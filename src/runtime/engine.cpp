@@ -49,7 +49,7 @@ void RequestStream::push(RequestEvent event) {
 
 // A running request and the KV cache it holds.
 struct Engine::Slot {
-  explicit Slot(const model::ModelConfig& c, int64_t context) : cache(c, context) {}
+  Slot(const model::ModelConfig& c, int64_t context, model::KvType kv) : cache(c, context, kv) {}
   model::KvCache cache;
   std::vector<int32_t> cached;  // the tokens whose KV is in the cache, in order
   // The request, while one runs here.
@@ -71,7 +71,7 @@ Engine::Engine(const model::Model& model, const tok::Tokenizer& tokenizer, const
     : model_(model), tokenizer_(tokenizer), ops_(ops), options_(options) {
   options_.context = std::min<int64_t>(options_.context, model.config().max_position_embeddings);
   for (int i = 0; i < options_.parallel; ++i) {
-    slots_.push_back(std::make_unique<Slot>(model.config(), options_.context));
+    slots_.push_back(std::make_unique<Slot>(model.config(), options_.context, options_.kv_type));
   }
   for (int32_t id = 0; id < model.config().vocab_size; ++id) {
     if (!tokenizer.is_valid_id(id)) undecodable_.push_back(id);

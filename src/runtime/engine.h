@@ -26,6 +26,7 @@ struct EngineOptions {
   int64_t context = 4096;       // tokens per slot (prompt + answer)
   int max_queue = 64;           // requests waiting beyond the slots; more are refused
   int64_t prefill_chunk = 256;  // prompt tokens per slot per step
+  model::KvType kv_type = model::KvType::kF32;  // how the slots' caches store their values
 };
 
 // One thing that happened to a request, in order.

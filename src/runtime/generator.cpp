@@ -54,12 +54,12 @@ std::string StopMatcher::flush() {
 }
 
 Generator::Generator(const model::Model& model, const tok::Tokenizer* tokenizer,
-                     const ops::Backend& ops, int64_t context)
+                     const ops::Backend& ops, int64_t context, model::KvType kv)
     : model_(model),
       tokenizer_(tokenizer),
       ops_(ops),
       context_(std::min<int64_t>(context, model.config().max_position_embeddings)),
-      cache_(model.config(), context_) {
+      cache_(model.config(), context_, kv) {
   if (!tokenizer_) return;
   for (int32_t id = 0; id < model.config().vocab_size; ++id) {
     if (!tokenizer_->is_valid_id(id)) undecodable_.push_back(id);

@@ -56,9 +56,9 @@ using TextCallback = std::function<void(std::string_view)>;
 class Generator {
  public:
   // `tokenizer` may be null: then no text is produced and stop strings are not allowed.
-  // Allocates a KV cache of `context` tokens.
+  // Allocates a KV cache of `context` tokens, stored as `kv`.
   Generator(const model::Model& model, const tok::Tokenizer* tokenizer, const ops::Backend& ops,
-            int64_t context);
+            int64_t context, model::KvType kv = model::KvType::kF32);
 
   int64_t context() const { return context_; }
 

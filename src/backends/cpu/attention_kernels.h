@@ -49,8 +49,21 @@ struct MultiQueryPart {
   float* m = nullptr;       // [kHeads]
   float* l = nullptr;       // [kHeads]
   float* o_t = nullptr;     // [dv][kHeads]
+  // A bf16 cache instead of k and v (the bf16 kernels): key s at k16 + s·k_row, value s at
+  // v16 + s·v_row, and multi_query_bf16_scratch(dk, dv, s1 - s0) floats of scratch in wide.
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
+  float* wide = nullptr;
 };
 using MultiQueryFn = void (*)(const MultiQueryPart&);
 MultiQueryFn multi_query_kernel(Isa isa);
+
+// The same over a bf16 cache. With AVX512-BF16, queries and weights are rounded to bf16 too
+// and every dot product takes pairs (twice the f32 multiply-adds per instruction); elsewhere
+// the keys are widened to f32 in chunks that stay in L1, and the f32 kernel runs over them.
+MultiQueryFn multi_query_bf16_kernel(Isa isa);
+// Whether that kernel rounds queries and weights to bf16 (the AVX512-BF16 one).
+bool multi_query_bf16_rounds(Isa isa);
+int64_t multi_query_bf16_scratch(int64_t dk, int64_t dv, int64_t n);
 
 }  // namespace whale::cpu

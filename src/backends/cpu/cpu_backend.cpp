@@ -67,6 +67,7 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       axpy_bf16_(axpy_bf16_kernel(isa)),
       attention_(attention_block_kernel(isa)),
       multi_query_(multi_query_kernel(isa)),
+      multi_query_bf16_(multi_query_bf16_kernel(isa)),
       swiglu_(swiglu_kernel(isa)) {}
 
 namespace {
@@ -392,6 +393,7 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
   const int64_t splits = std::clamp<int64_t>((pool_.size() + pairs - 1) / pairs, 1,
                                              std::min(kMaxSplits, (a.n_kv + 63) / 64));
   const int64_t items = pairs * splits;
+  const bool bf16 = a.k16 != nullptr;
   const int64_t part_floats = 2 * kH + a.dv * kH;  // m, l, o_t
   thread_local std::vector<float> caller_parts;
   std::vector<float>& parts = caller_parts;
@@ -399,7 +401,8 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
   auto visible = [&](int64_t t) { return std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1); };
   pool_.parallel_for(items, [&](int64_t i0, int64_t i1) {
     const int64_t longest = (a.n_kv + splits - 1) / splits + 1;
-    float* q_t = thread_scratch(a.dk * kH + longest * kH);
+    const int64_t wide = bf16 ? multi_query_bf16_scratch(a.dk, a.dv, longest) : 0;
+    float* q_t = thread_scratch(a.dk * kH + longest * kH + wide);
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t pair = item / splits, split = item % splits;
       const int64_t t = pair / head_blocks, h0 = pair % head_blocks * kH;
@@ -419,11 +422,12 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
         for (int64_t d = 0; d < a.dk; ++d) q_t[d * kH + h] = h < heads ? q[d] * a.scale : 0.0f;
       }
       p.q_t = q_t;
-      p.k = a.k, p.k_row = a.k_row;
-      p.v = a.v, p.v_row = a.v_row;
+      p.k = a.k, p.k_row = a.k_row, p.k16 = a.k16;
+      p.v = a.v, p.v_row = a.v_row, p.v16 = a.v16;
       p.dk = a.dk, p.dv = a.dv;
       p.scores = q_t + a.dk * kH;
-      multi_query_(p);
+      p.wide = p.scores + longest * kH;
+      (bf16 ? multi_query_bf16_ : multi_query_)(p);
     }
   });
   // The parts combined, per (pair, range of value columns), so that a lone query's combination

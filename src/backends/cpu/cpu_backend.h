@@ -52,6 +52,7 @@ class CpuBackend final : public ops::Backend {
   AxpyBf16Fn axpy_bf16_;
   AttentionBlockFn attention_;
   MultiQueryFn multi_query_;
+  MultiQueryFn multi_query_bf16_;
   SwigluFn swiglu_;
 };
 

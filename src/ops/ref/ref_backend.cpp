@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace whale::ops {
 
 void RefBackend::matmul(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
@@ -76,6 +78,8 @@ void RefBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* u
 void RefBackend::attention(const AttentionArgs& a) const {
   const int64_t group = a.n_heads / a.kv_heads;
   std::vector<double> p(static_cast<size_t>(a.n_kv));
+  auto key = [&](int64_t i) { return a.k16 ? double(bf16_to_f32(a.k16[i])) : double(a.k[i]); };
+  auto value = [&](int64_t i) { return a.v16 ? double(bf16_to_f32(a.v16[i])) : double(a.v[i]); };
   for (int64_t t = 0; t < a.n_q; ++t) {
     const int64_t visible = std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1);
     for (int64_t h = 0; h < a.n_heads; ++h) {
@@ -83,9 +87,9 @@ void RefBackend::attention(const AttentionArgs& a) const {
       const int64_t kh = h / group;
       double max_score = -INFINITY;
       for (int64_t s = 0; s < visible; ++s) {
-        const float* k = a.k + s * a.k_row + kh * a.k_head;
+        const int64_t k = s * a.k_row + kh * a.k_head;
         double dot = 0;
-        for (int64_t i = 0; i < a.dk; ++i) dot += double(q[i]) * k[i];
+        for (int64_t i = 0; i < a.dk; ++i) dot += double(q[i]) * key(k + i);
         p[static_cast<size_t>(s)] = dot * a.scale;
         max_score = std::max(max_score, p[static_cast<size_t>(s)]);
       }
@@ -98,7 +102,7 @@ void RefBackend::attention(const AttentionArgs& a) const {
       for (int64_t i = 0; i < a.dv; ++i) {
         double acc = 0;
         for (int64_t s = 0; s < visible; ++s) {
-          acc += p[static_cast<size_t>(s)] * a.v[s * a.v_row + kh * a.v_head + i];
+          acc += p[static_cast<size_t>(s)] * value(s * a.v_row + kh * a.v_head + i);
         }
         o[i] = static_cast<float>(acc / sum);
       }
