@@ -274,6 +274,29 @@ TEST(Quantize, CommandLine) {
   EXPECT_GE(j["top1_agreement"].get<double>(), 0.75);
   EXPECT_LT(j["mean_kl"].get<double>(), 0.05);
   EXPECT_GT(j["max_abs_logit_diff"].get<double>(), 0.0);
+  EXPECT_EQ(j["kv_cache"], "f32");
+  // A model against itself with a bf16 cache: close (a logit moves by about 0.01 on these
+  // fixtures), not identical.
+  ASSERT_EQ(test::run_command(
+                whale + " compare " + in + " " + in + " --tokens 16 --kv-cache bf16 --json", &text),
+            0)
+      << text;
+  const auto kv = nlohmann::json::parse(text);
+  EXPECT_EQ(kv["kv_cache"], "bf16");
+  EXPECT_GE(kv["top1_agreement"].get<double>(), 0.9);
+  EXPECT_LT(kv["mean_kl"].get<double>(), 0.01);
+  EXPECT_GT(kv["max_abs_logit_diff"].get<double>(), 0.0);
+  // Read a token at a time with an f32 cache, a model is its own reference: decode's kernels and
+  // attention form give prefill's logits.
+  ASSERT_EQ(test::run_command(whale + " compare " + in + " " + in + " --tokens 16 --decode --json",
+                              &text),
+            0)
+      << text;
+  const auto decoded = nlohmann::json::parse(text);
+  EXPECT_EQ(decoded["decode"], true);
+  EXPECT_EQ(decoded["positions"], 16);
+  EXPECT_EQ(decoded["top1_agreement"].get<double>(), 1.0);
+  EXPECT_LT(decoded["max_abs_logit_diff"].get<double>(), 1e-4);
   EXPECT_EQ(test::run_command(whale + " quantize " + in + " " + tmp.file("y") + " --type q3", &text), 2);
   EXPECT_NE(text.find("unknown type 'q3'"), std::string::npos) << text;
   EXPECT_EQ(test::run_command(whale + " compare " + in + " " + test::fixture_dir("v2_lite"), &text), 2);

@@ -143,6 +143,8 @@ struct CompareArgs {
   uint32_t seed = 1;
   int threads = 0;
   bool json = false;
+  std::string kv_cache = "f32";  // the compared model's (the reference's is f32)
+  bool decode = false;           // the compared model a token at a time
 };
 void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c);
 int run_quantize(const QuantizeArgs& args);

@@ -37,6 +37,10 @@ void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c) {
   cmp->add_option("--threads", c.threads, "threads (default: every core)")
       ->check(CLI::Range(0, 1024));
   cmp->add_flag("--json", c.json, "print one JSON object");
+  add_kv_cache_option(cmp, c.kv_cache);  // the compared model's; the reference's is f32
+  cmp->add_flag("--decode", c.decode,
+                "the compared model reads each sequence a token at a time, as generation does "
+                "(decode's kernels and attention form); the reference reads it in one pass");
 }
 
 int run_quantize(const QuantizeArgs& args) {
@@ -102,16 +106,22 @@ int run_compare(const CompareArgs& args) {
   std::vector<float> logits[2];
   LoadedModel* models[2] = {&*ref, &*other};
   for (int k = 0; k < 2; ++k) {
-    model::KvCache cache(models[k]->model->config(), window);
+    model::KvCache cache(models[k]->model->config(), window,
+                         k == 0 ? model::KvType::kF32 : kv_type_of(args.kv_cache));
     model::ForwardOptions options;
-    options.all_logits = true;
+    const bool one_at_a_time = k == 1 && args.decode;
+    options.all_logits = !one_at_a_time;
     for (int64_t start = 0; start < n; start += window) {
       cache.clear();
       const int64_t len = std::min(window, n - start);
-      auto out = models[k]->model->forward(
-          *models[k]->backend, std::span<const int32_t>(ids->data() + start, len), cache, options);
-      if (!out.ok()) return report("compare", out.error());
-      logits[k].insert(logits[k].end(), out->begin(), out->end());
+      for (int64_t t = 0; t < len; t += one_at_a_time ? 1 : len) {
+        auto out = models[k]->model->forward(
+            *models[k]->backend,
+            std::span<const int32_t>(ids->data() + start + t, one_at_a_time ? 1 : len), cache,
+            options);
+        if (!out.ok()) return report("compare", out.error());
+        logits[k].insert(logits[k].end(), out->begin(), out->end());
+      }
     }
   }
   const model::LogitComparison r = model::compare_logits(logits[0], logits[1], c.vocab_size);
@@ -126,6 +136,8 @@ int run_compare(const CompareArgs& args) {
     } else {
       j["text"] = args.text;
     }
+    j["kv_cache"] = args.kv_cache;
+    j["decode"] = args.decode;
     j["mean_kl"] = r.mean_kl;
     j["max_kl"] = r.max_kl;
     j["top1_agreement"] = r.top1_agreement;
@@ -136,9 +148,10 @@ int run_compare(const CompareArgs& args) {
   const std::string source = args.text.empty() ? "random ids, seed " + std::to_string(args.seed)
                                                : "the tokens of " + args.text;
   std::printf(
-      "%lld positions (%s; sequences of %lld): mean KL %.3g nats (max %.3g), top-1 "
-      "agreement %.2f%%, max |Δlogit| %.3g\n",
-      (long long)r.positions, source.c_str(), (long long)window, r.mean_kl, r.max_kl,
+      "%lld positions (%s; sequences of %lld%s; %s KV cache): mean KL %.3g nats (max %.3g), "
+      "top-1 agreement %.2f%%, max |Δlogit| %.3g\n",
+      (long long)r.positions, source.c_str(), (long long)window,
+      args.decode ? ", decoded a token at a time" : "", args.kv_cache.c_str(), r.mean_kl, r.max_kl,
       100 * r.top1_agreement, r.max_abs_diff);
   return 0;
 }

@@ -8,9 +8,10 @@ namespace whale::app {
 
 void add_kv_cache_option(CLI::App* cmd, std::string& kv) {
   cmd->add_option("--kv-cache", kv,
-                  "how the KV cache stores its values: bf16 (the default: half the memory, and "
-                  "faster decode attention) or f32 (as computed)")
-      ->check(CLI::IsMember({"bf16", "f32"}));
+                  "how the KV cache stores its values: bf16 (half the memory, and faster decode "
+                  "attention) or f32 (as computed)")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
 }
 
 model::KvType kv_type_of(const std::string& name) {
