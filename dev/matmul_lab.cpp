@@ -139,7 +139,10 @@ int main(int argc, char** argv) {
     std::vector<Bf16Matrix> dense;
     std::vector<QuantMatrix> quant;
     std::vector<ops::MatmulTask> tasks;
-    std::vector<float> x(size_t(cols), 0.5f), y(size_t(count * rows));
+    // WHALE_LAB_DECODE_TRANSPOSED=1: y = x · w instead (absorbed MLA's W_UK).
+    const bool transposed = std::getenv("WHALE_LAB_DECODE_TRANSPOSED") != nullptr;
+    const int64_t width = std::max(rows, cols);
+    std::vector<float> x(size_t(width), 0.5f), y(size_t(count * width));
     for (int64_t c = 0; c < count; ++c) {
       if (std::string(form) == "bf16") {
         dense.emplace_back(rows, cols, rng);
@@ -152,7 +155,10 @@ int main(int argc, char** argv) {
     double bytes = 0;
     for (int64_t c = 0; c < count; ++c) {
       const ops::Matrix& m = dense.empty() ? quant[size_t(c)].m : dense[size_t(c)].m;
-      tasks.push_back({y.data() + c * rows, rows, x.data(), cols, 1, m});
+      tasks.push_back(transposed
+                          ? ops::MatmulTask{y.data() + c * cols, cols, x.data(), rows, 1, m,
+                                            /*transposed=*/true}
+                          : ops::MatmulTask{y.data() + c * rows, rows, x.data(), cols, 1, m});
       bytes += double(m.nbytes()) + (m.scale ? double(m.rows * m.scale_cols * 2) : 0.0);
     }
     // The same bytes read with the bandwidth probe's loop, the threads splitting them alike.
@@ -170,8 +176,8 @@ int main(int argc, char** argv) {
         reps);
     std::printf("  read loop over the same weights: %6.1f GB/s\n", bytes / t_read * 1e-9);
     const double t = seconds([&] { ops.matmul_batch(tasks); }, reps);
-    std::printf("decode %-4s %lld x %lldx%lld n=1       %8.3f ms  %6.1f GB/s\n", form,
-                static_cast<long long>(count), static_cast<long long>(rows),
+    std::printf("decode %-4s%s %lld x %lldx%lld n=1     %8.3f ms  %6.1f GB/s\n", form,
+                transposed ? "ᵀ" : " ", static_cast<long long>(count), static_cast<long long>(rows),
                 static_cast<long long>(cols), t * 1e3, bytes / t * 1e-9);
   }
   // Decode's absorbed attention: 16 heads over one shared [latent 256 | rope 32] cache row.

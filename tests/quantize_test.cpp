@@ -102,13 +102,14 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight"), "U8");  // routed expert: 4-bit
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight_scale"), "F16");
   EXPECT_EQ(dtype(l1 + "mlp.shared_experts.up_proj.weight"), "I8");  // shared: 8-bit
-  EXPECT_EQ(dtype(l1 + "self_attn.kv_b_proj.weight"), "BF16");       // read by columns
+  EXPECT_EQ(dtype(l1 + "self_attn.kv_b_proj.weight"), "I8");         // 8-bit in every recipe
   EXPECT_EQ(dtype(l1 + "mlp.gate.weight"), "BF16");                   // the router
   EXPECT_EQ(dtype(l1 + "mlp.experts.0.up_proj.weight_scale_inv"), "missing");
   EXPECT_EQ(dtype("model.embed_tokens.weight"), "BF16");  // read one row per token
   EXPECT_EQ(q.report.tensors_by_form.count("F8_E4M3"), 0u);
 
-  // q4: 4-bit except the head, the dense layers' FFNs and attention's down-projections (8-bit).
+  // q4: 4-bit except the head, the dense layers' FFNs, attention's down-projections and kv_b
+  // (8-bit).
   const Quantized q4 = quantize(tmp, "v3_fp8", QuantRecipe::kQ4, pool);
   auto ckpt4 = Checkpoint::open_dir(q4.dir);
   ASSERT_TRUE(ckpt4.ok());
@@ -119,6 +120,7 @@ TEST(Quantize, OutputDescribesItselfAndKeepsSensitiveTensorsFine) {
   EXPECT_EQ(dtype4(l1 + "self_attn.q_b_proj.weight"), "U8");
   EXPECT_EQ(dtype4(l1 + "self_attn.q_a_proj.weight"), "I8");
   EXPECT_EQ(dtype4(l1 + "self_attn.kv_a_proj_with_mqa.weight"), "I8");
+  EXPECT_EQ(dtype4(l1 + "self_attn.kv_b_proj.weight"), "I8");
   EXPECT_EQ(dtype4("lm_head.weight"), "I8");
   EXPECT_EQ(dtype4("model.embed_tokens.weight"), "BF16");
 

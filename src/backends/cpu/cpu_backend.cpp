@@ -65,6 +65,7 @@ CpuBackend::CpuBackend(ThreadPool& pool, Isa isa)
       bf16_(bf16_rows_kernel(isa)),
       axpy_(axpy_kernel(isa)),
       axpy_bf16_(axpy_bf16_kernel(isa)),
+      axpy_q8_(axpy_q8_kernel(isa)),
       attention_(attention_block_kernel(isa)),
       multi_query_(multi_query_kernel(isa)),
       multi_query_bf16_(multi_query_bf16_kernel(isa)),
@@ -86,8 +87,10 @@ float* thread_scratch(int64_t n) {
   return buf.data();
 }
 
-// Output columns of a transposed product handed out together.
-constexpr int64_t kColumnBlock = 16;
+// Output columns of a transposed product handed out together: 16, or a block of a block format.
+int64_t column_block(const ops::Matrix& w) {
+  return w.format == ops::WeightFormat::kDense ? 16 : ops::kQuantBlock;
+}
 // Prepared activations of a chunk of tokens that the vector kernels keep in L2 while they
 // walk the rows over them.
 constexpr int64_t kTokenChunkBytes = 256 * 1024;
@@ -98,7 +101,7 @@ constexpr int64_t kTokenChunkBytes = 256 * 1024;
 constexpr int64_t kPieces = 8;
 
 int64_t task_units(const ops::MatmulTask& t) {
-  return t.transposed ? (t.w.cols + kColumnBlock - 1) / kColumnBlock : t.w.rows;
+  return t.transposed ? (t.w.cols + column_block(t.w) - 1) / column_block(t.w) : t.w.rows;
 }
 
 // The balance weight of a unit: the elements of w it reads, and on tiles as much again per
@@ -107,7 +110,7 @@ int64_t task_units(const ops::MatmulTask& t) {
 // beyond the first. Without the products' share, the threads' halves of a prefill's experts
 // differed by their token counts.
 int64_t unit_cost(const ops::MatmulTask& t, bool tiles) {
-  if (t.transposed) return std::max<int64_t>(1, t.w.rows * kColumnBlock);
+  if (t.transposed) return std::max<int64_t>(1, t.w.rows * column_block(t.w));
   const int64_t blocks = tiles ? 1 + (t.n + 15) / 16 : std::max<int64_t>(1, (t.n + 3) / 4);
   return std::max<int64_t>(1, t.w.cols * blocks);
 }
@@ -231,6 +234,18 @@ void CpuBackend::matmul_cols(const ops::MatmulTask& t, int64_t c0, int64_t c1) c
     }
     return;
   }
+  if (w.format == ops::WeightFormat::kQ8) {  // c0 and c1 on block boundaries (column_block)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const int8_t* row = static_cast<const int8_t*>(w.data) + r * w.cols + c0;
+      const uint8_t* scales = static_cast<const uint8_t*>(w.scale) +
+                              ((w.row_offset + r) * w.scale_cols + c0 / ops::kQuantBlock) * 2;
+      for (int64_t i = 0; i < t.n; ++i) {
+        axpy_q8_(t.y + i * t.ldy + c0, row, scales, t.x[i * t.ldx + r],
+                 (c1 - c0) / ops::kQuantBlock);
+      }
+    }
+    return;
+  }
   float* row = thread_scratch(c1 - c0);
   for (int64_t r = 0; r < w.rows; ++r) {
     w.dequantize_row(r, c0, c1, row);
@@ -321,7 +336,7 @@ void CpuBackend::matmul_batch(std::span<const ops::MatmulTask> tasks) const {
       offset += units * cost;
       if (u0 >= u1) continue;
       if (t.transposed) {
-        matmul_cols(t, u0 * kColumnBlock, std::min(t.w.cols, u1 * kColumnBlock));
+        matmul_cols(t, u0 * column_block(t.w), std::min(t.w.cols, u1 * column_block(t.w)));
       } else {
         matmul_rows(t, u0, u1, batch, slot[i] >= 0 ? &amx[static_cast<size_t>(slot[i])] : nullptr);
       }

@@ -50,6 +50,7 @@ class CpuBackend final : public ops::Backend {
   Bf16RowsKernel bf16_;
   void (*axpy_)(float*, const float*, float, int64_t);  // y += a·x
   AxpyBf16Fn axpy_bf16_;
+  AxpyQ8Fn axpy_q8_;
   AttentionBlockFn attention_;
   MultiQueryFn multi_query_;
   MultiQueryFn multi_query_bf16_;

@@ -40,6 +40,11 @@ AxpyFn axpy_kernel(Isa isa);
 // y[i] += alpha · bf16(w[i]) (w at any 2-byte alignment).
 using AxpyBf16Fn = void (*)(float*, const uint16_t*, float, int64_t);
 AxpyBf16Fn axpy_bf16_kernel(Isa isa);
+// y[b·32 + i] += alpha · scale_b · codes[b·32 + i] for `blocks` blocks of 32 q8 codes, scale_b
+// the f16 at scales + 2b (any alignment): a row of a q8 matrix's transposed product.
+using AxpyQ8Fn = void (*)(float* y, const int8_t* codes, const uint8_t* scales, float alpha,
+                          int64_t blocks);
+AxpyQ8Fn axpy_q8_kernel(Isa isa);
 // y[i] = silu(g[i]) · u[i] for i < n (y may be g).
 using SwigluFn = void (*)(float* y, const float* g, const float* u, int64_t n);
 SwigluFn swiglu_kernel(Isa isa);
