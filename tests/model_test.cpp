@@ -58,6 +58,27 @@ class Fixture : public ::testing::TestWithParam<std::string> {
     return logits.ok() ? *logits : std::vector<float>{};
   }
 
+  // Logits of every position: the first 20 tokens prefilled into `cache`, then the rest a
+  // token at a time.
+  std::vector<float> prefill_then_decode(AttentionForm form, KvCache& cache) {
+    ForwardOptions o;
+    o.attention = form;
+    o.all_logits = true;
+    const size_t prefill = 20;
+    auto first = model_->forward(cpu_, std::span(ids_).first(prefill), cache, o);
+    EXPECT_TRUE(first.ok());
+    if (!first.ok()) return {};
+    std::vector<float> got = *first;
+    o.all_logits = false;
+    for (size_t t = prefill; t < ids_.size(); ++t) {
+      auto step = model_->forward(cpu_, std::span(ids_).subspan(t, 1), cache, o);
+      EXPECT_TRUE(step.ok());
+      if (!step.ok()) return {};
+      got.insert(got.end(), step->begin(), step->end());
+    }
+    return got;
+  }
+
   ThreadPool pool_{2};
   cpu::CpuBackend cpu_{pool_};
   std::unique_ptr<Model> model_;
@@ -97,19 +118,7 @@ TEST_P(Fixture, CachedDecodeEqualsFullForward) {
   const auto full = full_forward(cpu_, AttentionForm::kAbsorbed);
   for (AttentionForm form : {AttentionForm::kAbsorbed, AttentionForm::kNaive}) {
     KvCache cache(model_->config(), static_cast<int64_t>(ids_.size()));
-    ForwardOptions o;
-    o.attention = form;
-    o.all_logits = true;
-    const size_t prefill = 20;
-    auto first = model_->forward(cpu_, std::span(ids_).first(prefill), cache, o);
-    ASSERT_TRUE(first.ok());
-    std::vector<float> got = *first;
-    o.all_logits = false;
-    for (size_t t = prefill; t < ids_.size(); ++t) {
-      auto step = model_->forward(cpu_, std::span(ids_).subspan(t, 1), cache, o);
-      ASSERT_TRUE(step.ok());
-      got.insert(got.end(), step->begin(), step->end());
-    }
+    const std::vector<float> got = prefill_then_decode(form, cache);
     EXPECT_EQ(cache.size(), static_cast<int64_t>(ids_.size()));
     const Diff d = compare_logits(got, full, vocab());
     EXPECT_LE(d.max_abs, 1e-4f);
@@ -212,20 +221,8 @@ TEST_P(Fixture, Bf16CacheStaysCloseToTransformers) {
   KvCache cache(model_->config(), static_cast<int64_t>(ids_.size()), KvType::kBf16);
   EXPECT_EQ(cache.bytes() * 2,
             KvCache(model_->config(), static_cast<int64_t>(ids_.size())).bytes());
-  ForwardOptions o;
-  o.attention = AttentionForm::kAbsorbed;
-  o.all_logits = true;
-  const size_t prefill = 20;
-  auto first = model_->forward(cpu_, std::span(ids_).first(prefill), cache, o);
-  ASSERT_TRUE(first.ok());
-  std::vector<float> got = *first;
-  o.all_logits = false;
-  for (size_t t = prefill; t < ids_.size(); ++t) {
-    auto step = model_->forward(cpu_, std::span(ids_).subspan(t, 1), cache, o);
-    ASSERT_TRUE(step.ok());
-    got.insert(got.end(), step->begin(), step->end());
-  }
-  const Diff dc = compare_logits(got, absorbed, vocab());
+  const Diff dc =
+      compare_logits(prefill_then_decode(AttentionForm::kAbsorbed, cache), absorbed, vocab());
   std::printf("[%s] bf16 cache: decoded vs full forward %.3g\n", GetParam().c_str(), dc.max_abs);
   EXPECT_LE(dc.max_abs, 1e-4f);
   EXPECT_EQ(dc.argmax_mismatches, 0);
