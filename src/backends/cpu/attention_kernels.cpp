@@ -207,8 +207,7 @@ WHALE_INLINE void multi_query_body(const MultiQueryPart& p) {
 
 void multi_query_portable(const MultiQueryPart& p) { multi_query_body<4, 4>(p); }
 
-// ---- multi-query attention over a bf16 cache
-// -----------------------------------------------------
+// ---- multi-query attention over a bf16 cache ---------------------------------------------------
 
 constexpr int64_t kWideKeys = 64;   // keys widened at a time: 64 cache rows of MLA are 74 KB
 constexpr int64_t kPairChunk = 32;  // keys of values interleaved at a time (AVX512-BF16)
