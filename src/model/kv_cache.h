@@ -25,7 +25,6 @@ class KvCache {
 
   int64_t capacity() const { return capacity_; }
   int64_t width() const { return width_; }
-  KvType type() const { return type_; }
   int64_t layers() const { return layers_; }
   // Tokens already in the cache; the next token goes at this position.
   int64_t size() const { return size_; }

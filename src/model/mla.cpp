@@ -125,7 +125,7 @@ void mla_forward(const MlaContext& ctx, const AttentionWeights& w, const float* 
       const float* cache = s.cache;
       if (!cache) {  // a bf16 cache, widened
         const std::span<float> widened = uninit(n_kv * width);
-        for (int64_t i = 0; i < n_kv * width; ++i) widened[i] = bf16_to_f32(s.cache_bf16[i]);
+        ops::convert_to_f32(DType::kBF16, s.cache_bf16, n_kv * width, widened.data());
         cache = widened.data();
       }
       const std::span<float> kvx = uninit(n_kv * H * (nope + dv));

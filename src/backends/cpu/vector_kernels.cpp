@@ -72,7 +72,8 @@ void axpy_avx512(float* y, const float* x, float alpha, int64_t n) WHALE_AXPY_BO
 __attribute__((target("avx512f,fma")))
 void axpy_bf16_avx512(float* y, const uint16_t* w, float alpha, int64_t n) WHALE_AXPY_BF16_BODY
 // In intrinsics, the scale widened by F16C: left to the compiler, this took 25.9 ms for the
-// lab's 24,094 q8 matrices of 64 × 256 against 23.1 (16.2 and 18.2 GB/s; AMD Zen 4, 2 threads).
+// lab's 24,094 q8 matrices of 64 × 256 against 20.8-23.1 (16.2 against 18.2-20.1 GB/s; AMD
+// Zen 4, 2 threads).
 // Keeping y in registers over two or four rows at a time was slower (22.2 and 32.5 ms for q8;
 // for bf16, 22.2 and 24.9 against 14.6 one row at a time): the rows' streams interleave.
 #define WHALE_AXPY_Q8_VEC(TARGET, NAME, LANES, SET1, LOADU, STOREU, FMADD, CODES)        \
