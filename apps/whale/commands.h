@@ -133,6 +133,8 @@ struct QuantizeArgs {
   std::string out_dir;
   std::string type;
   int threads = 0;
+  std::string calibration;  // text file whose tokens weigh the rounding errors
+  int64_t calibration_tokens = 8192;
 };
 struct CompareArgs {
   std::string reference;

@@ -2,7 +2,9 @@
 // how far a model's next-token distributions are from a reference's over the same tokens.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "apps/whale/commands.h"
@@ -20,6 +22,12 @@ void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c) {
   cmd->add_option("--type", q.type, "bf16, q8, q4 or q4-experts")->required();
   cmd->add_option("--threads", q.threads, "threads (default: every core)")
       ->check(CLI::Range(0, 1024));
+  cmd->add_option("--calibration", q.calibration,
+                  "text file run through the input model first: each block's scale is chosen "
+                  "for the least error weighed by how large its columns' inputs were");
+  cmd->add_option("--calibration-tokens", q.calibration_tokens,
+                  "tokens of the calibration text to run (default 8192)")
+      ->check(CLI::Range(1, 1 << 20));
 
   auto* cmp = app.add_subcommand(
       "compare", "Compare a model's next-token distributions with a reference model's");
@@ -43,15 +51,49 @@ void add_quantize_commands(CLI::App& app, QuantizeArgs& q, CompareArgs& c) {
                 "(decode's kernels and attention form); the reference reads it in one pass");
 }
 
+namespace {
+
+// Calibration windows: as long as this, or the model's context if shorter.
+constexpr int64_t kCalibrationWindow = 512;
+
+// The input model run over the calibration text (by its own tokenizer).
+Result<model::Calibration> calibrate(const QuantizeArgs& args) {
+  WHALE_ASSIGN_OR_RETURN(std::string text, read_text_file(args.calibration));
+  WHALE_ASSIGN_OR_RETURN(LoadedModel m, load_model(args.in_dir, args.threads, /*quiet=*/true));
+  auto ids = m.tokenizer->encode(text, tok::SpecialTokens::kIgnore);
+  if (!ids.ok()) return make_error(ids.error().message, "--calibration", args.calibration);
+  if (ids->empty()) return make_error("the text has no tokens", "--calibration", args.calibration);
+  if (static_cast<int64_t>(ids->size()) > args.calibration_tokens) {
+    ids->resize(static_cast<size_t>(args.calibration_tokens));
+  }
+  std::fprintf(stderr, "calibrating: %zu tokens of %s\n", ids->size(), args.calibration.c_str());
+  model::Calibration c;
+  WHALE_ASSIGN_OR_RETURN(c.importance,
+                         model::measure_importance(*m.model, *m.backend, *ids, kCalibrationWindow));
+  c.text = std::filesystem::path(args.calibration).filename().string();
+  c.tokens = static_cast<int64_t>(ids->size());
+  return c;
+}
+
+}  // namespace
+
 int run_quantize(const QuantizeArgs& args) {
   auto recipe = model::parse_recipe(args.type);
   if (!recipe.ok()) return report("quantize", recipe.error());
+  std::optional<model::Calibration> calibration;
+  if (!args.calibration.empty()) {
+    auto c = calibrate(args);
+    if (!c.ok()) return report("quantize", c.error());
+    calibration = std::move(*c);
+  }
   ThreadPool pool(args.threads);
   auto result = model::quantize_checkpoint(
-      args.in_dir, args.out_dir, *recipe, pool, [](size_t done, size_t total) {
+      args.in_dir, args.out_dir, *recipe, pool,
+      [](size_t done, size_t total) {
         std::fprintf(stderr, "\rquantizing: %zu / %zu tensors", done, total);
         if (done == total) std::fprintf(stderr, "\n");
-      });
+      },
+      calibration ? &*calibration : nullptr);
   if (!result.ok()) return report("quantize", result.error());
   std::printf("wrote %s (%s): %.1f MB of weights from %.1f MB;", args.out_dir.c_str(),
               args.type.c_str(), double(result->bytes_out) / 1e6, double(result->bytes_in) / 1e6);

@@ -1,6 +1,7 @@
 #include "model/quantize.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -66,6 +67,29 @@ Target target_for(const TensorSpec& s, QuantRecipe recipe) {
 constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                       "generation_config.json", "special_tokens_map.json"};
 
+// A matrix multiplied with fewer calibration rows than this (a rarely chosen expert) is
+// quantized without importance data: a few tokens' squares are too noisy to weigh by.
+constexpr int64_t kMinCalibrationRows = 16;
+
+// The per-column weights the quantizers get for one matrix, or empty for none: its importance,
+// each raised by a thousandth of the mean so that a column that never saw input still counts.
+std::vector<float> importance_for(const Calibration* calibration, const std::string& name,
+                                  int64_t cols) {
+  if (!calibration) return {};
+  const auto it = calibration->importance.find(name);
+  if (it == calibration->importance.end() || it->second.rows < kMinCalibrationRows ||
+      static_cast<int64_t>(it->second.mean_square.size()) != cols) {
+    return {};
+  }
+  std::vector<float> w = it->second.mean_square;
+  double mean = 0;
+  for (float v : w) mean += v;
+  mean /= double(cols);
+  if (!(mean > 0) || !std::isfinite(mean)) return {};
+  for (float& v : w) v += static_cast<float>(1e-3 * mean);
+  return w;
+}
+
 struct Job {
   const TensorSpec* spec;  // null for a tensor copied as stored
   const StoredTensor* stored;
@@ -99,7 +123,8 @@ std::string recipe_name(QuantRecipe r) {
 
 Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
                                            QuantRecipe recipe, ThreadPool& pool,
-                                           const std::function<void(size_t, size_t)>& progress) {
+                                           const std::function<void(size_t, size_t)>& progress,
+                                           const Calibration* calibration) {
   WHALE_ASSIGN_OR_RETURN(ModelConfig c, load_config(in_dir));
   WHALE_ASSIGN_OR_RETURN(std::string config_text,
                          read_text_file((fs::path(in_dir) / "config.json").string()));
@@ -202,6 +227,8 @@ Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std:
                                                       : cols;
     const int64_t blocks = cols / ops::kQuantBlock;
     if (j.target != Target::kBf16) scales.assign(static_cast<size_t>(rows * blocks), 0);
+    const std::vector<float> importance = importance_for(calibration, j.name, cols);
+    const float* imp = importance.empty() ? nullptr : importance.data();
     const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, cols));
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t n = std::min(chunk, rows - r0);
@@ -217,9 +244,9 @@ Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std:
             auto* h = reinterpret_cast<uint16_t*>(dst);
             for (int64_t c2 = 0; c2 < cols; ++c2) h[c2] = f32_to_bf16(row[c2]);
           } else if (j.target == Target::kQ8) {
-            ops::quantize_row_q8(row, cols, reinterpret_cast<int8_t*>(dst), sc);
+            ops::quantize_row_q8(row, cols, reinterpret_cast<int8_t*>(dst), sc, imp);
           } else {
-            ops::quantize_row_q4(row, cols, dst, sc);
+            ops::quantize_row_q4(row, cols, dst, sc, imp);
           }
         }
       });
@@ -242,6 +269,10 @@ Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std:
                                   {"block_size", ops::kQuantBlock},
                                   {"scale_dtype", "F16"},
                                   {"q4_levels", ops::kQ4LevelsName}};
+  if (calibration) {
+    config["whale_quantization"]["calibration"] = {{"text", calibration->text},
+                                                   {"tokens", calibration->tokens}};
+  }
   {
     const fs::path path = fs::path(out_dir) / "config.json";
     std::ofstream f(path);

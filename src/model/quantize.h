@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/calibration.h"
 
 namespace whale::model {
 
@@ -33,10 +34,20 @@ struct QuantizeReport {
                           // multiple of 32
 };
 
-// Always kept out of the block formats: the router (small, and its scores choose experts) and
-// kv_b (absorbed attention reads it by columns) stay bf16 or finer.
+// What the quantizers weigh their rounding errors by (see calibration.h), and where it came from
+// (noted in config.json).
+struct Calibration {
+  ImportanceTable importance;
+  std::string text;    // the calibration text's file name
+  int64_t tokens = 0;  // its tokens that were run
+};
+
+// The router (small, and its scores choose experts) stays bf16 or finer. With `calibration`, each
+// q8/q4 block's scale is chosen for the least error weighed by its columns' importance, for every
+// matrix the calibration reached often enough (see kMinCalibrationRows); the others as without.
 Result<QuantizeReport> quantize_checkpoint(const std::string& in_dir, const std::string& out_dir,
                                            QuantRecipe recipe, ThreadPool& pool,
-                                           const std::function<void(size_t, size_t)>& progress);
+                                           const std::function<void(size_t, size_t)>& progress,
+                                           const Calibration* calibration = nullptr);
 
 }  // namespace whale::model

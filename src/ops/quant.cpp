@@ -17,27 +17,29 @@ namespace {
 
 constexpr int kQ8Max = 127;
 
-// q8 codes of x at scale d (d > 0); returns the squared error and, through best_d, the
-// least-squares scale for those codes rounded to f16.
-double q8_codes_at(const float* x, float d, int* q, float* best_d) {
+// q8 codes of x at scale d (d > 0); returns the squared error, each element's weighed by
+// weight[i] (1 without weights), and through best_d the weighted least-squares scale for those
+// codes rounded to f16.
+double q8_codes_at(const float* x, const float* weight, float d, int* q, float* best_d) {
   double xq = 0, qq = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) {
     q[i] = static_cast<int>(std::clamp(std::lrintf(x[i] / d), long{-kQ8Max}, long{kQ8Max}));
-    xq += double(x[i]) * q[i];
-    qq += double(q[i]) * q[i];
+    const double wi = weight ? weight[i] : 1.0;
+    xq += wi * double(x[i]) * q[i];
+    qq += wi * double(q[i]) * q[i];
   }
   *best_d = qq > 0 ? f16_to_f32(f32_to_f16(static_cast<float>(xq / qq))) : 0.0f;
   double err = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) {
     const double e = double(x[i]) - double(*best_d) * q[i];
-    err += e * e;
+    err += (weight ? weight[i] : 1.0) * e * e;
   }
   return err;
 }
 
 // The f16 scale of one q8 block, from a small search around max|x| / 127, and the codes at
-// that scale (recomputed with the rounded scale).
-float quantize_block_q8(const float* x, int* q) {
+// that scale (recomputed with the rounded scale). `weight`: as in q8_codes_at.
+float quantize_block_q8(const float* x, const float* weight, int* q) {
   float amax = 0;
   for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
   if (amax == 0 || !std::isfinite(amax)) {
@@ -50,7 +52,7 @@ float quantize_block_q8(const float* x, int* q) {
   for (int step = -4; step <= 8; ++step) {
     const float d = amax / (static_cast<float>(kQ8Max) + 0.25f * static_cast<float>(step));
     float refit;
-    const double err = q8_codes_at(x, d, trial, &refit);
+    const double err = q8_codes_at(x, weight, d, trial, &refit);
     if (err < best_err && refit > 0) {
       best_err = err;
       best = refit;
@@ -95,17 +97,20 @@ class NearestLevel {
 
 }  // namespace
 
-void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales) {
+void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales,
+                     const float* importance) {
   int q[kQuantBlock];
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
-    const float d = quantize_block_q8(x + b * kQuantBlock, q);
+    const float* imp = importance ? importance + b * kQuantBlock : nullptr;
+    const float d = quantize_block_q8(x + b * kQuantBlock, imp, q);
     scales[b] = f32_to_f16(d);
     for (int64_t i = 0; i < kQuantBlock; ++i)
       codes[b * kQuantBlock + i] = static_cast<int8_t>(q[i]);
   }
 }
 
-void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales) {
+void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales,
+                     const float* importance) {
   static const NearestLevel nearest;
   constexpr int64_t half = kQuantBlock / 2;
   int q[kQuantBlock];
@@ -126,10 +131,12 @@ void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scale
       // against bf16 on every text (Emma 0.00351 → 0.00347, Moby Dick 0.00468 → 0.00449, GPL-3
       // 0.00437 → 0.00406, random ids 0.00634 → 0.00558), and the finer, wider search below
       // (25 scales a 127th of the peak apart, where there were 13 two apart) is part of that.
+      // With importance data, that weight is multiplied by the column's importance.
       double weight[kQuantBlock], wxx = 0;
       const double rms = std::sqrt(xx / kQuantBlock);
+      const float* imp = importance ? importance + b * kQuantBlock : nullptr;
       for (int64_t i = 0; i < kQuantBlock; ++i) {
-        weight[i] = rms + std::fabs(double(xb[i]));
+        weight[i] = (rms + std::fabs(double(xb[i]))) * (imp ? double(imp[i]) : 1.0);
         wxx += weight[i] * double(xb[i]) * xb[i];
       }
       // Scales around peak / 127: the codes at each, and the weighted least-squares scale for

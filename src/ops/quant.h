@@ -30,7 +30,11 @@ int weight_code(const Matrix& w, int64_t r, int64_t c);
 // One row of n weights (n a multiple of kQuantBlock) into codes and f16 scales (n / 32).
 // The scale of each block is chosen to minimise the block's squared error (for q4, the scale is
 // signed: the block's largest |x| goes to the +127 end of the levels).
-void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales);
-void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales);
+// `importance` (n values, or null for all equal) weighs each column's squared error in that
+// choice: the mean square of the activations it multiplies, measured on calibration text.
+void quantize_row_q8(const float* x, int64_t n, int8_t* codes, uint16_t* scales,
+                     const float* importance = nullptr);
+void quantize_row_q4(const float* x, int64_t n, uint8_t* packed, uint16_t* scales,
+                     const float* importance = nullptr);
 
 }  // namespace whale::ops
