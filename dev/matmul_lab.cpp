@@ -180,23 +180,28 @@ int main(int argc, char** argv) {
                 transposed ? "ᵀ" : " ", static_cast<long long>(count), static_cast<long long>(rows),
                 static_cast<long long>(cols), t * 1e3, bytes / t * 1e-9);
   }
-  // Decode's absorbed attention: 16 heads over one shared [latent 256 | rope 32] cache row.
-  for (const int64_t n_kv : {64, 540, 2048}) {
+  // Decode's absorbed attention: 16 heads over one shared [latent 256 | rope 32] cache row
+  // (synth-v3-1b), or with WHALE_LAB_ATTENTION_V3 set, V3's 128 heads over [512 | 64].
+  const bool v3 = std::getenv("WHALE_LAB_ATTENTION_V3") != nullptr;
+  const int64_t heads = v3 ? 128 : 16, dk = v3 ? 576 : 288, dv = v3 ? 512 : 256;
+  for (const int64_t n_kv :
+       v3 ? std::vector<int64_t>{4096, 16384} : std::vector<int64_t>{64, 540, 2048}) {
     ops::AttentionArgs a;
-    a.n_q = 1, a.n_kv = n_kv, a.n_heads = 16, a.kv_heads = 1, a.dk = 288, a.dv = 256;
-    std::vector<float> q(size_t(16 * 288)), cache(size_t(n_kv * 288)), out(size_t(16 * 256));
+    a.n_q = 1, a.n_kv = n_kv, a.n_heads = heads, a.kv_heads = 1, a.dk = dk, a.dv = dv;
+    std::vector<float> q(size_t(heads * dk)), cache(size_t(n_kv * dk)), out(size_t(heads * dv));
     std::normal_distribution<float> g(0, 1);
     for (auto& v : q) v = g(rng);
     for (auto& v : cache) v = g(rng);
     const int32_t pos = static_cast<int32_t>(n_kv - 1);
-    a.q = q.data(), a.q_row = 16 * 288, a.q_head = 288;
-    a.k = cache.data(), a.k_row = 288;
-    a.v = cache.data(), a.v_row = 288;
-    a.out = out.data(), a.out_row = 16 * 256, a.out_head = 256;
+    a.q = q.data(), a.q_row = heads * dk, a.q_head = dk;
+    a.k = cache.data(), a.k_row = dk;
+    a.v = cache.data(), a.v_row = dk;
+    a.out = out.data(), a.out_row = heads * dv, a.out_head = dv;
     a.q_pos = &pos;
     a.scale = 0.06f;
-    const double t = seconds([&] { ops.attention(a); }, attention_only ? 5000 : 50);
-    const double flops = 2.0 * 16 * double(n_kv) * (288 + 256);
+    const int hot_reps = (attention_only ? 5000 : 50) / (v3 ? 100 : 1);
+    const double t = seconds([&] { ops.attention(a); }, hot_reps);
+    const double flops = 2.0 * double(heads) * double(n_kv) * double(dk + dv);
     std::printf("decode attention n_kv=%-5lld            %8.3f ms  %7.1f GFLOP/s\n",
                 static_cast<long long>(n_kv), t * 1e3, flops / t * 1e-9);
     // As in a forward pass: each call over another layer's cache, with a layer's weights
@@ -212,7 +217,7 @@ int main(int argc, char** argv) {
       });
     };
     size_t layer = 0;
-    const int cold_reps = attention_only ? 500 : 20;
+    const int cold_reps = (attention_only ? 500 : 20) / (v3 ? 20 : 1);
     const double t_stream = seconds(stream, cold_reps);
     const double t_cold = seconds(
         [&] {
@@ -229,7 +234,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < cache.size(); ++i) cache16[i] = f32_to_bf16(cache[i]);
     a.k = a.v = nullptr;
     a.k16 = a.v16 = cache16.data();
-    const double t16 = seconds([&] { ops.attention(a); }, attention_only ? 5000 : 50);
+    const double t16 = seconds([&] { ops.attention(a); }, hot_reps);
     std::printf("  bf16 cache:                        %8.3f ms  %7.1f GFLOP/s\n", t16 * 1e3,
                 flops / t16 * 1e-9);
     std::vector<std::vector<uint16_t>> layers16(12, cache16);

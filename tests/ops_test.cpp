@@ -419,11 +419,14 @@ TEST_P(CpuOps, AttentionWithSpreadScores) {
 
 // Absorbed MLA's shape: one kv head for many query heads (a partial block of 16 among them), a
 // lone decode query whose keys the threads split, and several queries at different positions.
+// With more than one block of heads, 1,100 keys make each thread's range several chunks of
+// keys, merged.
 TEST_P(CpuOps, MultiQueryAttentionSplitsKeys) {
-  for (const int64_t heads : {int64_t{16}, int64_t{20}, int64_t{3}}) {
+  for (const int64_t heads : {int64_t{16}, int64_t{20}, int64_t{3}, int64_t{35}}) {
     for (const int64_t n_q : {int64_t{1}, int64_t{5}}) {
       ops::AttentionArgs a;
-      a.n_q = n_q, a.n_kv = 203, a.n_heads = heads, a.kv_heads = 1, a.dk = 37, a.dv = 29;
+      a.n_q = n_q, a.n_kv = heads > 16 ? 1100 : 203, a.n_heads = heads, a.kv_heads = 1;
+      a.dk = 37, a.dv = 29;
       const int64_t row = 41;  // keys and values share cache rows: [value | rest]
       const auto q = random_vector(static_cast<size_t>(a.n_q * a.n_heads * a.dk), 51, 3.0f);
       const auto kv = random_vector(static_cast<size_t>(a.n_kv * row), 52);
@@ -446,7 +449,7 @@ TEST_P(CpuOps, MultiQueryAttentionSplitsKeys) {
 // bf16 (AVX512-BF16), the reference gets the rounded queries too (the scale is a power of two,
 // so rounding commutes with it), and what is left is the weights' rounding: each within 2^-9,
 // so an output within 2^-9 of its weights' mean of |value| (up to about 2 for these normal
-// values over the fewest keys).
+// values over the fewest keys). 20 heads over 1,100 keys: chunks of keys merged, as above.
 TEST_P(CpuOps, MultiQueryAttentionOverBf16Cache) {
   const bool rounds = cpu::multi_query_bf16_rounds(GetParam());
   struct Shape {
@@ -457,7 +460,7 @@ TEST_P(CpuOps, MultiQueryAttentionOverBf16Cache) {
     for (const int64_t heads : {int64_t{16}, int64_t{20}, int64_t{3}}) {
       for (const int64_t n_q : {int64_t{1}, int64_t{5}}) {
         ops::AttentionArgs a;
-        a.n_q = n_q, a.n_kv = 203, a.n_heads = heads, a.kv_heads = 1;
+        a.n_q = n_q, a.n_kv = heads > 16 ? 1100 : 203, a.n_heads = heads, a.kv_heads = 1;
         a.dk = shape.dk, a.dv = shape.dv;
         const int64_t row = shape.dk + 4;
         std::vector<float> q =

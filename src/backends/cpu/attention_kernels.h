@@ -57,6 +57,10 @@ struct MultiQueryPart {
 };
 using MultiQueryFn = void (*)(const MultiQueryPart&);
 MultiQueryFn multi_query_kernel(Isa isa);
+// Folds the part (m2, l2, o2) of another key range into `into`'s, as flash-decoding combines
+// them.
+void merge_multi_query_part(const MultiQueryPart& into, const float* m2, const float* l2,
+                            const float* o2);
 
 // The same over a bf16 cache. With AVX512-BF16, queries and weights are rounded to bf16 too
 // and every dot product takes pairs (twice the f32 multiply-adds per instruction); elsewhere

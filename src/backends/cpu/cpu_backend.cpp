@@ -400,49 +400,79 @@ void CpuBackend::swiglu(float* y, int64_t ldy, const float* gate, const float* u
 }
 
 void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
-  // Items of (query, block of 16 heads, key range): a lone query (decode) splits its keys
-  // across the threads, and the parts are combined after.
+  // Parts of (query, block of 16 heads, key range), each written by one item: a lone query
+  // (decode) splits its keys across the threads, and the parts are combined after. With one
+  // block of heads, an item is one part. With more (V3's 128 heads are 8 blocks), an item is a
+  // query's key range for every block, taken a chunk of keys (about kChunkBytes of cache
+  // rows) at a time for all the blocks in turn, each block's chunks merged into its part: a
+  // chunk of the cache is read from memory once and stays in L2 for the other blocks, with
+  // every block's queries. (A part per block over the whole range read the cache once per
+  // block: at 16,384 cached tokens of V3's shape, 16.0-20.0 ms per layer against 15.5-15.8
+  // chunked; lab, Zen 4, 2 threads, bf16 cache.)
   constexpr int64_t kH = MultiQueryPart::kHeads;
+  constexpr int64_t kChunkBytes = 384 << 10;
   const int64_t head_blocks = (a.n_heads + kH - 1) / kH, pairs = a.n_q * head_blocks;
+  const bool chunked = head_blocks > 1;
+  const int64_t chunk_keys = std::max<int64_t>(
+      64, kChunkBytes / ((a.k16 ? 2 : 4) * std::max<int64_t>(1, std::max(a.k_row, a.v_row))));
+  const int64_t units = chunked ? a.n_q : pairs;  // what an item covers, before key ranges
   constexpr int64_t kMaxSplits = 64;
-  const int64_t splits = std::clamp<int64_t>((pool_.size() + pairs - 1) / pairs, 1,
+  const int64_t splits = std::clamp<int64_t>((pool_.size() + units - 1) / units, 1,
                                              std::min(kMaxSplits, (a.n_kv + 63) / 64));
-  const int64_t items = pairs * splits;
+  const int64_t items = units * splits;
   const bool bf16 = a.k16 != nullptr;
   const int64_t part_floats = 2 * kH + a.dv * kH;  // m, l, o_t
   thread_local std::vector<float> caller_parts;
   std::vector<float>& parts = caller_parts;
-  grow(parts, items * part_floats);
+  grow(parts, pairs * splits * part_floats);  // [pair][split]
   auto visible = [&](int64_t t) { return std::min<int64_t>(a.n_kv, int64_t{a.q_pos[t]} + 1); };
   pool_.parallel_for(items, [&](int64_t i0, int64_t i1) {
-    const int64_t longest = (a.n_kv + splits - 1) / splits + 1;
+    const int64_t range = (a.n_kv + splits - 1) / splits + 1;
+    const int64_t longest = chunked ? std::min(range, chunk_keys) : range;
     const int64_t wide = bf16 ? multi_query_bf16_scratch(a.dk, a.dv, longest) : 0;
-    float* q_t = thread_scratch(a.dk * kH + longest * kH + wide);
+    const int64_t blocks_held = chunked ? head_blocks : 1;  // queries transposed at a time
+    float* q_all =
+        thread_scratch(blocks_held * a.dk * kH + longest * kH + wide + (chunked ? part_floats : 0));
+    float* scores = q_all + blocks_held * a.dk * kH;
+    float* chunk_part = scores + longest * kH + wide;
     for (int64_t item = i0; item < i1; ++item) {
-      const int64_t pair = item / splits, split = item % splits;
-      const int64_t t = pair / head_blocks, h0 = pair % head_blocks * kH;
-      const int64_t heads = std::min(kH, a.n_heads - h0);
-      MultiQueryPart p;
-      p.s0 = visible(t) * split / splits;
-      p.s1 = visible(t) * (split + 1) / splits;
-      float* out = parts.data() + item * part_floats;
-      p.m = out, p.l = out + kH, p.o_t = out + 2 * kH;
-      if (p.s0 == p.s1) {
-        std::fill_n(p.l, kH, 0.0f);
-        continue;
-      }
+      const int64_t unit = item / splits, split = item % splits;
+      const int64_t t = chunked ? unit : unit / head_blocks;
+      const int64_t r0 = visible(t) * split / splits, r1 = visible(t) * (split + 1) / splits;
+      const int64_t hb0 = chunked ? 0 : unit % head_blocks, hb1 = chunked ? head_blocks : hb0 + 1;
       // Missing heads of the last block score zero and are never read back.
-      for (int64_t h = 0; h < kH; ++h) {
-        const float* q = a.q + t * a.q_row + (h0 + h) * a.q_head;
-        for (int64_t d = 0; d < a.dk; ++d) q_t[d * kH + h] = h < heads ? q[d] * a.scale : 0.0f;
+      for (int64_t hb = hb0; hb < hb1 && r0 < r1; ++hb) {
+        float* q_t = q_all + (hb - hb0) * a.dk * kH;
+        const int64_t h0 = hb * kH, heads = std::min(kH, a.n_heads - h0);
+        for (int64_t h = 0; h < kH; ++h) {
+          const float* q = a.q + t * a.q_row + (h0 + h) * a.q_head;
+          for (int64_t d = 0; d < a.dk; ++d) q_t[d * kH + h] = h < heads ? q[d] * a.scale : 0.0f;
+        }
       }
-      p.q_t = q_t;
-      p.k = a.k, p.k_row = a.k_row, p.k16 = a.k16;
-      p.v = a.v, p.v_row = a.v_row, p.v16 = a.v16;
-      p.dk = a.dk, p.dv = a.dv;
-      p.scores = q_t + a.dk * kH;
-      p.wide = p.scores + longest * kH;
-      (bf16 ? multi_query_bf16_ : multi_query_)(p);
+      for (int64_t c0 = r0; c0 < r1 || c0 == r0; c0 += chunked ? chunk_keys : r1 - r0) {
+        const int64_t c1 = chunked ? std::min(r1, c0 + chunk_keys) : r1;
+        for (int64_t hb = hb0; hb < hb1; ++hb) {
+          float* out = parts.data() + ((t * head_blocks + hb) * splits + split) * part_floats;
+          MultiQueryPart p;
+          p.m = out, p.l = out + kH, p.o_t = out + 2 * kH;
+          p.dk = a.dk, p.dv = a.dv;
+          if (r0 == r1) {
+            std::fill_n(p.l, kH, 0.0f);
+            continue;
+          }
+          MultiQueryPart c = p;
+          if (c0 > r0) c.m = chunk_part, c.l = chunk_part + kH, c.o_t = chunk_part + 2 * kH;
+          c.s0 = c0, c.s1 = c1;
+          c.q_t = q_all + (hb - hb0) * a.dk * kH;
+          c.k = a.k, c.k_row = a.k_row, c.k16 = a.k16;
+          c.v = a.v, c.v_row = a.v_row, c.v16 = a.v16;
+          c.scores = scores;
+          c.wide = scores + longest * kH;
+          (bf16 ? multi_query_bf16_ : multi_query_)(c);
+          if (c0 > r0) merge_multi_query_part(p, c.m, c.l, c.o_t);
+        }
+        if (r0 == r1) break;
+      }
     }
   });
   // The parts combined, per (pair, range of value columns), so that a lone query's combination

@@ -91,22 +91,6 @@ WHALE_INLINE void widen_generic(const uint16_t* x, int64_t n, float* y) {
 }
 void widen_portable(const uint16_t* x, int64_t n, float* y) { widen_generic(x, n, y); }
 
-// Folds one range's part (m2, l2, o2) into another's, as flash-decoding combines them.
-void merge_part(const MultiQueryPart& into, const float* m2, const float* l2, const float* o2) {
-  float a[kMqHeads], b[kMqHeads];
-  for (int h = 0; h < kMqHeads; ++h) {
-    const float m = std::max(into.m[h], m2[h]);
-    a[h] = std::exp(into.m[h] - m), b[h] = std::exp(m2[h] - m);
-    into.m[h] = m;
-    into.l[h] = into.l[h] * a[h] + l2[h] * b[h];
-  }
-  for (int64_t c = 0; c < into.dv; ++c) {
-    float* o = into.o_t + c * kMqHeads;
-    const float* o_2 = o2 + c * kMqHeads;
-    for (int h = 0; h < kMqHeads; ++h) o[h] = o[h] * a[h] + o_2[h] * b[h];
-  }
-}
-
 // The f32 kernel F over the part's keys, kWideKeys at a time widened into scratch, the
 // chunks' parts merged. Where keys and values are the same rows (MLA's cache), one widened
 // copy serves both.
@@ -128,7 +112,7 @@ void multi_query_widened(const MultiQueryPart& p) {
     c.s0 = 0, c.s1 = e - s;
     if (s > p.s0) c.m = sub, c.l = sub + kMqHeads, c.o_t = sub + 2 * kMqHeads;
     F(c);
-    if (s > p.s0) merge_part(p, c.m, c.l, c.o_t);
+    if (s > p.s0) merge_multi_query_part(p, c.m, c.l, c.o_t);
   }
 }
 #if defined(__x86_64__)
@@ -428,6 +412,22 @@ WHALE_BF16 void multi_query_avx512_bf16(const MultiQueryPart& p) {
 #endif
 
 }  // namespace
+
+void merge_multi_query_part(const MultiQueryPart& into, const float* m2, const float* l2,
+                            const float* o2) {
+  float a[kMqHeads], b[kMqHeads];
+  for (int h = 0; h < kMqHeads; ++h) {
+    const float m = std::max(into.m[h], m2[h]);
+    a[h] = std::exp(into.m[h] - m), b[h] = std::exp(m2[h] - m);
+    into.m[h] = m;
+    into.l[h] = into.l[h] * a[h] + l2[h] * b[h];
+  }
+  for (int64_t c = 0; c < into.dv; ++c) {
+    float* o = into.o_t + c * kMqHeads;
+    const float* o_2 = o2 + c * kMqHeads;
+    for (int h = 0; h < kMqHeads; ++h) o[h] = o[h] * a[h] + o_2[h] * b[h];
+  }
+}
 
 MultiQueryFn multi_query_kernel(Isa isa) {
 #if defined(__x86_64__)
