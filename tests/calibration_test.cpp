@@ -223,6 +223,12 @@ TEST(Calibration, CommandLine) {
             2);
   EXPECT_NE(text.find("the text has no tokens"), std::string::npos) << text;
   EXPECT_FALSE(std::filesystem::exists(tmp.file("y")));
+  // A model without tokenizer files cannot read the text.
+  EXPECT_EQ(test::run_command(whale + " quantize " + test::fixture_dir("v3_fp8") + " " +
+                                  tmp.file("z") + " --type q4 --calibration " + passage,
+                              &text),
+            2);
+  EXPECT_NE(text.find("tokenizer.json not found"), std::string::npos) << text;
 }
 
 }  // namespace

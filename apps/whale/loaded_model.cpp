@@ -58,7 +58,8 @@ Result<LoadedModel> load_model(const std::string& dir, int threads, bool quiet,
   std::error_code ec;
   if (with_tokenizer && !fs::exists(fs::path(dir) / "tokenizer.json", ec)) {
     return make_error("tokenizer.json not found", {}, dir,
-                      "generation needs the model's tokenizer files beside its weights");
+                      "text (prompts, --text, --calibration) is read with the model's tokenizer "
+                      "files, beside its weights");
   }
   if (with_tokenizer) {
     WHALE_ASSIGN_OR_RETURN(tok::Tokenizer tokenizer, tok::Tokenizer::load(dir));
