@@ -232,7 +232,10 @@ TEST_P(CpuOps, MatmulWideShapesEveryFormat) {
 TEST_P(CpuOps, MatmulManyTokens) {
   for (const int64_t cols : {32, 1056}) {
     for (const int64_t rows : {16, 37, 64}) {
-      for (const int64_t n : {4, 16, 40}) {
+      for (const int64_t n : {4, 16, 40, 200}) {
+        // 200 tokens: more groups of 16 than one chunk holds at 1,056 columns (the vector-lane
+        // kernels pack a chunk at a time); once is enough.
+        if (n == 200 && (rows != 37 || cols != 1056)) continue;
         StoredMatrix w = make_matrix(DType::kBF16, rows, cols, uint32_t(rows + cols));
         const auto x = random_vector(static_cast<size_t>(n * cols), uint32_t(n));
         const Matrix view = w.m.row_slice(rows > 16 ? 3 : 0, rows > 16 ? rows - 3 : rows);
