@@ -893,28 +893,13 @@ void pack_lanes(const uint8_t* xp, int64_t ldx, int64_t k, WeightFormat format, 
 void lanes_rows(const uint8_t* packed, int64_t k, int tokens, const Matrix& w, int64_t r, int rows,
                 float* out, int64_t ldo) {
 #if defined(__x86_64__)
-  if (w.format == WeightFormat::kQ4) {
-    switch (rows) {
-      case 1:
-        return q4_lanes_avx512<1>(packed, k, w, r, out, ldo, tokens);
-      case 2:
-        return q4_lanes_avx512<2>(packed, k, w, r, out, ldo, tokens);
-      case 3:
-        return q4_lanes_avx512<3>(packed, k, w, r, out, ldo, tokens);
-      default:
-        return q4_lanes_avx512<4>(packed, k, w, r, out, ldo, tokens);
-    }
-  }
-  switch (rows) {
-    case 1:
-      return q8_lanes_avx512<1>(packed, k, w, r, out, ldo, tokens);
-    case 2:
-      return q8_lanes_avx512<2>(packed, k, w, r, out, ldo, tokens);
-    case 3:
-      return q8_lanes_avx512<3>(packed, k, w, r, out, ldo, tokens);
-    default:
-      return q8_lanes_avx512<4>(packed, k, w, r, out, ldo, tokens);
-  }
+  using Kernel = void (*)(const uint8_t*, int64_t, const Matrix&, int64_t, float*, int64_t, int);
+  static constexpr Kernel q8[] = {q8_lanes_avx512<1>, q8_lanes_avx512<2>, q8_lanes_avx512<3>,
+                                  q8_lanes_avx512<4>};
+  static constexpr Kernel q4[] = {q4_lanes_avx512<1>, q4_lanes_avx512<2>, q4_lanes_avx512<3>,
+                                  q4_lanes_avx512<4>};
+  const int at = std::clamp(rows, 1, 4) - 1;
+  (w.format == WeightFormat::kQ4 ? q4 : q8)[at](packed, k, w, r, out, ldo, tokens);
 #else
   (void)packed, (void)k, (void)tokens, (void)w, (void)r, (void)rows, (void)out, (void)ldo;
 #endif
