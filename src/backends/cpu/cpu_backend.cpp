@@ -435,8 +435,8 @@ void CpuBackend::multi_query_attention(const ops::AttentionArgs& a) const {
   // rows) at a time for all the blocks in turn, each block's chunks merged into its part: a
   // chunk of the cache is read from memory once and stays in L2 for the other blocks, with
   // every block's queries. (A part per block over the whole range read the cache once per
-  // block: at 16,384 cached tokens of V3's shape, 16.0-20.0 ms per layer against 15.5-15.8
-  // chunked; lab, Zen 4, 2 threads, bf16 cache.)
+  // block: at 16,384 cached tokens of V3's shape, 16.1-20.3 ms per layer as in a forward pass
+  // against 13.9-14.5 chunked; lab, Zen 4, 2 threads, bf16 cache; bench/README.md.)
   constexpr int64_t kH = MultiQueryPart::kHeads;
   constexpr int64_t kChunkBytes = 384 << 10;
   const int64_t head_blocks = (a.n_heads + kH - 1) / kH, pairs = a.n_q * head_blocks;
