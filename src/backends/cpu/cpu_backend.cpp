@@ -9,6 +9,7 @@
 
 #include "backends/cpu/amx_kernels.h"
 #include "backends/cpu/quant_kernels.h"
+#include "backends/cpu/quant_lanes_kernels.h"
 #include "backends/cpu/vector_kernels.h"
 
 namespace whale::cpu {
@@ -94,7 +95,7 @@ int64_t column_block(const ops::Matrix& w) {
 // Prepared activations of a chunk of tokens that the vector kernels keep in L2 while they
 // walk the rows over them.
 constexpr int64_t kTokenChunkBytes = 256 * 1024;
-// Tokens that the q8/q4 prefill kernels take in one vector's lanes (see quant_kernels.h).
+// Tokens that the q8/q4 prefill kernels take in one vector's lanes (see quant_lanes_kernels.h).
 constexpr int64_t kLaneTokens = 16;
 // Pieces of a batch per thread for parallel_for_balanced: a thread that finishes early takes
 // the others' last pieces. Measured in decode against one piece per thread (the batches' time,

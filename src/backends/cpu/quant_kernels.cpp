@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backends/cpu/quant_rows.h"
 #include "backends/cpu/simd.h"
 #include "ops/quant.h"
 
@@ -14,15 +15,16 @@ using ops::kQuantBlock;
 using ops::Matrix;
 using ops::WeightFormat;
 
-// Columns in a group: four blocks, the unit of the wide kernels (64 bytes of 4-bit codes).
-constexpr int64_t kGroup = 4 * kQuantBlock;
-constexpr int64_t kHalf = kQuantBlock / 2;
+using quant::kGroup;
+using quant::kHalf;
+using quant::kPrefetch;
+using quant::prepared_position;
+using quant::row_data;
+using quant::RowPointers;
 // The largest activation code: q = round(x / scale), scale = max|x| / code max; 16 bits for kQ8,
 // 8 for kQ4 (see quant_kernels.h).
 constexpr int32_t kCodeMax = 32767;
 constexpr int32_t kCode8Max = 127;
-// Bytes ahead of the current position that the kernels prefetch (see kBf16Prefetch).
-constexpr int64_t kPrefetch = 16384;
 
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 
@@ -51,10 +53,6 @@ inline float scale_at(const Matrix& w, int64_t r, int64_t b) {
   return f16_to_f32(h);
 }
 
-inline const uint8_t* row_data(const Matrix& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes();
-}
-
 // Σ over blocks [b0, b1) of row r, in block order: blocks outside full groups are in natural
 // order in both the codes and the activations. `grouped` says whether full groups of kQ4 are in
 // the kernel order.
@@ -71,19 +69,12 @@ float q8_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64
 
 float q4_blocks(const Prepared& x, const Matrix& w, int64_t r, int64_t b0, int64_t b1) {
   const uint8_t* p = row_data(w, r);
-  const int64_t full_groups = w.cols / kGroup;
   float acc = 0;
   for (int64_t b = b0; b < b1; ++b) {
     const uint8_t* bytes = p + b * kHalf;
     // Where the activations of this block's low and high nibbles are.
-    int64_t first, second;
-    if (b / 4 < full_groups) {
-      first = (b / 4) * kGroup + (b % 4) * kHalf;
-      second = first + 2 * kQuantBlock;
-    } else {
-      first = b * kQuantBlock;
-      second = first + kHalf;
-    }
+    const int64_t first = prepared_position(WeightFormat::kQ4, w.cols, b * kQuantBlock);
+    const int64_t second = prepared_position(WeightFormat::kQ4, w.cols, b * kQuantBlock + kHalf);
     int32_t dot = 0;
     for (int64_t i = 0; i < kHalf; ++i) {
       dot += ops::kQ4Levels[bytes[i] & 0xF] * x.code(first + i) +
@@ -106,27 +97,12 @@ void rows_portable(const uint8_t* xp, int64_t ldx, int tokens, const Matrix& w, 
 
 #if defined(__x86_64__)
 
-#define WHALE_AVX512_VNNI "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma"
-
 // ops::kQ4Levels + 128 (as unsigned bytes) in every 128-bit lane, for byte shuffles.
 __attribute__((target(WHALE_AVX512_VNNI))) inline __m512i q4_levels_biased_512() {
   alignas(16) uint8_t t[16];
   for (int i = 0; i < 16; ++i) t[i] = static_cast<uint8_t>(ops::kQ4Levels[i] + 128);
   return _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(t)));
 }
-
-// The codes and f16 scales of rows r..r+R-1.
-template <int R>
-struct RowPointers {
-  const uint8_t* data[R];
-  const uint16_t* scales[R];
-  RowPointers(const Matrix& w, int64_t r) {
-    for (int i = 0; i < R; ++i) {
-      data[i] = row_data(w, r + i);
-      scales[i] = static_cast<const uint16_t*>(w.scale) + (w.row_offset + r + i) * w.scale_cols;
-    }
-  }
-};
 
 // VNNI multiplies unsigned bytes by signed ones. The weights are the unsigned side, as w + 128,
 // and each sum starts from the prepared per-lane correction (−128 · Σ codes over each block's
@@ -284,155 +260,6 @@ __attribute__((target(WHALE_AVX512_VNNI))) void q8_tile_avx512(const uint8_t* xp
       if (tail) sum += q8_blocks(x[t], w, r + i, groups * 4, w.cols / kQuantBlock);
       out[t * ldo + i] = sum;
     }
-  }
-}
-
-// q8 with 16 tokens in a vector's lanes (prefill without AMX): the activations of 16 tokens
-// are packed so that each 4-column group's codes of the 16 tokens fill one vector (hi + 128
-// and lo as unsigned bytes, see Q8Lanes), and each row's 4 weights of a group are broadcast
-// against them, signed as stored: one byte product per 4 weights of 16 tokens, and the block's
-// scale work once per 16 tokens instead of once per token. The + 128 comes off as
-// 32768 · Σ w over the block (q + 32768 = 256 · (hi + 128) + lo).
-struct Q8Lanes {
-  const uint8_t* hi;    // [k / 4][16 tokens][4]: hi + 128
-  const uint8_t* lo;    // [k / 4][16 tokens][4]
-  const float* scales;  // [k / 32][16 tokens]
-};
-
-// Where column c's code lies in a token's prepared `hi` (kQ4 orders full groups as its kernels
-// unpack nibbles; 4 columns from a multiple of 4 lie side by side in either order).
-inline int64_t prepared_position(WeightFormat format, int64_t k, int64_t c) {
-  if (format != WeightFormat::kQ4 || c >= k / kGroup * kGroup) return c;
-  const int64_t b = c / kQuantBlock, i = c % kQuantBlock;
-  return (b / 4) * kGroup + (b % 4) * kHalf + (i < kHalf ? i : 2 * kQuantBlock + i - kHalf);
-}
-
-__attribute__((target(WHALE_AVX512_VNNI))) void pack_lanes_avx512(const uint8_t* xp, int64_t ldx,
-                                                                  int64_t k, WeightFormat format,
-                                                                  uint8_t* out) {
-  const PreparedLayout l = prepared_layout(k);
-  const __m512i index =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(static_cast<int>(ldx)));
-  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  const bool q8 = format == WeightFormat::kQ8;
-  auto* hi = out;
-  auto* lo = out + k * 16;
-  auto* scales = reinterpret_cast<float*>(out + k * (q8 ? 32 : 16));
-  for (int64_t g = 0; g < k / 4; ++g) {
-    const int64_t at = prepared_position(format, k, g * 4);
-    const __m512i h = _mm512_i32gather_epi32(index, xp + l.hi + at, 1);
-    _mm512_storeu_si512(hi + g * 64, _mm512_xor_si512(h, bias));
-    if (q8) _mm512_storeu_si512(lo + g * 64, _mm512_i32gather_epi32(index, xp + l.lo + at, 1));
-  }
-  for (int64_t b = 0; b < k / kQuantBlock; ++b) {
-    _mm512_storeu_ps(scales + b * 16, _mm512_i32gather_ps(index, xp + l.scales + b * 4, 1));
-  }
-}
-
-// Σ over 32 signed bytes (Σ (v + 128) by byte sums of absolute differences from 0, less 4096).
-__attribute__((target(WHALE_AVX512_VNNI))) inline int32_t sum_bytes(__m256i v) {
-  const __m256i sad = _mm256_sad_epu8(
-      _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))), _mm256_setzero_si256());
-  const __m128i half = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-  return static_cast<int32_t>(
-             _mm_cvtsi128_si64(_mm_add_epi64(half, _mm_unpackhi_epi64(half, half)))) -
-         4096;
-}
-
-// q4 the same way with its 8-bit activation codes (one product per group), each row's block
-// of codes first looked up into its 32 levels in column order.
-template <int R>
-__attribute__((target(WHALE_AVX512_VNNI))) void q4_lanes_avx512(const uint8_t* packed, int64_t k,
-                                                                const Matrix& w, int64_t r,
-                                                                float* out, int64_t ldo,
-                                                                int tokens) {
-  const uint8_t* xh_all = packed;
-  const auto* xscales = reinterpret_cast<const float*>(packed + k * 16);
-  const RowPointers<R> p(w, r);
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  const __m128i levels = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ops::kQ4Levels));
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  alignas(32) int8_t level_bytes[R][kQuantBlock];
-  for (int64_t b = 0; b < k / kQuantBlock; ++b) {
-    __m512i d[R];
-    int32_t sum_w[R];
-    for (int i = 0; i < R; ++i) {
-      const uint8_t* codes = p.data[i] + b * kHalf;
-      if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(codes + kPrefetch), _MM_HINT_T1);
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes));
-      const __m128i low = _mm_shuffle_epi8(levels, _mm_and_si128(v, nibble));
-      const __m128i high = _mm_shuffle_epi8(levels, _mm_and_si128(_mm_srli_epi16(v, 4), nibble));
-      const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(low), high, 1);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(level_bytes[i]), both);
-      sum_w[i] = sum_bytes(both);
-      d[i] = _mm512_setzero_si512();
-    }
-    for (int g = 0; g < kQuantBlock / 4; ++g) {
-      const __m512i xh = _mm512_loadu_si512(xh_all + (b * 8 + g) * 64);
-      for (int i = 0; i < R; ++i) {
-        int32_t four;
-        std::memcpy(&four, level_bytes[i] + g * 4, 4);
-        d[i] = _mm512_dpbusd_epi32(d[i], xh, _mm512_set1_epi32(four));
-      }
-    }
-    const __m512 xs = _mm512_loadu_ps(xscales + b * 16);
-    for (int i = 0; i < R; ++i) {
-      const __m512i dot = _mm512_sub_epi32(d[i], _mm512_set1_epi32(128 * sum_w[i]));
-      const __m512 s = _mm512_mul_ps(xs, _mm512_set1_ps(_cvtsh_ss(p.scales[i][b])));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[i]);
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    alignas(64) float lane[16];
-    _mm512_store_ps(lane, acc[i]);
-    for (int t = 0; t < tokens; ++t) out[t * ldo + i] = lane[t];
-  }
-}
-
-template <int R>
-__attribute__((target(WHALE_AVX512_VNNI))) void q8_lanes_avx512(const uint8_t* packed, int64_t k,
-                                                                const Matrix& w, int64_t r,
-                                                                float* out, int64_t ldo,
-                                                                int tokens) {
-  const Q8Lanes x{packed, packed + k * 16, reinterpret_cast<const float*>(packed + k * 32)};
-  const RowPointers<R> p(w, r);
-  __m512 acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < k / kQuantBlock; ++b) {
-    __m512i dh[R], dl[R];
-    for (int i = 0; i < R; ++i) dh[i] = dl[i] = _mm512_setzero_si512();
-    for (int i = 0; i < R; ++i) {
-      if (b % 2 == 0)
-        _mm_prefetch(reinterpret_cast<const char*>(p.data[i] + b * kQuantBlock + kPrefetch),
-                     _MM_HINT_T1);
-    }
-    for (int g = 0; g < kQuantBlock / 4; ++g) {
-      const __m512i xh = _mm512_loadu_si512(x.hi + (b * 8 + g) * 64);
-      const __m512i xl = _mm512_loadu_si512(x.lo + (b * 8 + g) * 64);
-      for (int i = 0; i < R; ++i) {
-        int32_t four;
-        std::memcpy(&four, p.data[i] + b * kQuantBlock + g * 4, 4);
-        const __m512i wb = _mm512_set1_epi32(four);
-        dh[i] = _mm512_dpbusd_epi32(dh[i], xh, wb);
-        dl[i] = _mm512_dpbusd_epi32(dl[i], xl, wb);
-      }
-    }
-    const __m512 xs = _mm512_loadu_ps(x.scales + b * 16);
-    for (int i = 0; i < R; ++i) {
-      const int32_t sum_w = sum_bytes(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.data[i] + b * kQuantBlock)));
-      const __m512i d = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(dh[i], 8), dl[i]),
-                                         _mm512_set1_epi32(32768 * sum_w));
-      const __m512 s = _mm512_mul_ps(xs, _mm512_set1_ps(_cvtsh_ss(p.scales[i][b])));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[i]);
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    alignas(64) float lane[16];
-    _mm512_store_ps(lane, acc[i]);
-    for (int t = 0; t < tokens; ++t) out[t * ldo + i] = lane[t];
   }
 }
 
@@ -821,7 +648,8 @@ void prepare_quantized(const float* x, int64_t k, WeightFormat format, uint8_t* 
     scales[b] = quantize_block(x + b * kQuantBlock, h, o, &sum, isa,
                                format == WeightFormat::kQ4 ? kCode8Max : kCodeMax);
     if (format == WeightFormat::kQ4 && b / 4 < full_groups) {
-      const int64_t first = (b / 4) * kGroup + (b % 4) * kHalf, second = first + 2 * kQuantBlock;
+      const int64_t first = prepared_position(format, k, b * kQuantBlock);
+      const int64_t second = prepared_position(format, k, b * kQuantBlock + kHalf);
       std::memcpy(hi + first, h, kHalf);
       std::memcpy(hi + second, h + kHalf, kHalf);
       std::memcpy(lo + first, o, kHalf);
@@ -867,42 +695,6 @@ QuantRowsFn quant_rows_kernel(Isa isa, WeightFormat format, bool vbmi) {
 #endif
   return format == WeightFormat::kQ4 ? QuantRowsFn{rows_portable<q4_blocks>}
                                      : QuantRowsFn{rows_portable<q8_blocks>};
-}
-
-int64_t lanes_bytes(int64_t k, WeightFormat format) {
-  return k * (format == WeightFormat::kQ8 ? 32 : 16) + k / kQuantBlock * 16 * 4;
-}
-
-bool has_lanes_kernels(Isa isa) {
-#if defined(__x86_64__)
-  return has_avx512(isa) && has_avx512_vnni();
-#else
-  (void)isa;
-  return false;
-#endif
-}
-
-void pack_lanes(const uint8_t* xp, int64_t ldx, int64_t k, WeightFormat format, uint8_t* out) {
-#if defined(__x86_64__)
-  pack_lanes_avx512(xp, ldx, k, format, out);
-#else
-  (void)xp, (void)ldx, (void)k, (void)format, (void)out;
-#endif
-}
-
-void lanes_rows(const uint8_t* packed, int64_t k, int tokens, const Matrix& w, int64_t r, int rows,
-                float* out, int64_t ldo) {
-#if defined(__x86_64__)
-  using Kernel = void (*)(const uint8_t*, int64_t, const Matrix&, int64_t, float*, int64_t, int);
-  static constexpr Kernel q8[] = {q8_lanes_avx512<1>, q8_lanes_avx512<2>, q8_lanes_avx512<3>,
-                                  q8_lanes_avx512<4>};
-  static constexpr Kernel q4[] = {q4_lanes_avx512<1>, q4_lanes_avx512<2>, q4_lanes_avx512<3>,
-                                  q4_lanes_avx512<4>};
-  const int at = std::clamp(rows, 1, 4) - 1;
-  (w.format == WeightFormat::kQ4 ? q4 : q8)[at](packed, k, w, r, out, ldo, tokens);
-#else
-  (void)packed, (void)k, (void)tokens, (void)w, (void)r, (void)rows, (void)out, (void)ldo;
-#endif
 }
 
 }  // namespace whale::cpu

@@ -56,17 +56,6 @@ using QuantRowsFn = void (*)(const uint8_t* xp, int64_t ldx, int tokens, const o
 // one byte permute per nibble half and no masking; both versions are tested.
 QuantRowsFn quant_rows_kernel(Isa isa, ops::WeightFormat format, bool vbmi = has_avx512_vbmi());
 
-// q8 and q4 with 16 tokens to a vector (AVX-512 VNNI, for prefill without AMX): pack_lanes lays
-// out 16 tokens' prepared activations (at xp + t·ldx) in lanes_bytes(k, format) bytes, and
-// lanes_rows multiplies rows r..r+rows-1 (rows ≤ 4) of w by them, writing out[t·ldo + i] for the
-// first `tokens`. Exact in the integer part as the other kernels; the f32 sums of the blocks run
-// in another order than theirs (a token's result depends on whether it went 16 to a vector).
-bool has_lanes_kernels(Isa isa);
-int64_t lanes_bytes(int64_t k, ops::WeightFormat format);
-void pack_lanes(const uint8_t* xp, int64_t ldx, int64_t k, ops::WeightFormat format, uint8_t* out);
-void lanes_rows(const uint8_t* packed, int64_t k, int tokens, const ops::Matrix& w, int64_t r,
-                int rows, float* out, int64_t ldo);
-
 // Runs `iters` rounds of the int8 dot-product instruction the quantized kernels use, on 8
 // independent accumulators, and returns a value that depends on them: ops_per_iter(isa)·iters
 // integer operations (a multiply-add counts 2).
